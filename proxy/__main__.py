@@ -1,0 +1,5 @@
+"""`python -m proxy` is the same as the `llm-cache-proxy` console script."""
+
+from proxy.cli import main
+
+raise SystemExit(main())

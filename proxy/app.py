@@ -1,0 +1,105 @@
+"""Builds the ASGI app: lifespan, routes, and the one place errors become responses.
+
+Every error a client can see leaves through `_render`: a `ProxyError` with its own
+status, a routing error (404/405) or a bad body as its OpenAI-shaped twin, and anything
+unexpected as a plain 500 with no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy import __version__
+from proxy.config import Config, load_config
+from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from proxy.routes import router
+from proxy.runtime import Runtime
+from proxy.upstream import Upstreams
+
+log = logging.getLogger("llmcp")
+
+
+def _render(exc: ProxyError) -> Response:
+    return Response(
+        orjson.dumps(exc.body()), exc.status, exc.headers, media_type="application/json"
+    )
+
+
+async def _on_proxy_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return _render(exc)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _render(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+    if exc.status_code == 404:
+        return _render(RouteNotFound(f"Unknown route: {request.method} {request.url.path}"))
+    error = ProxyError(str(exc.detail), status=exc.status_code, code=None)
+    error.type = "invalid_request_error"
+    return _render(error)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> Response:
+    return _render(InvalidRequest(f"Invalid request: {exc}"))
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return _render(ProxyError("The proxy hit an internal error. It has been logged."))
+
+
+def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = None) -> FastAPI:
+    """The proxy app; `upstreams` lets tests and benchmarks swap the provider side."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(config, redis_url, upstreams)
+        await runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="llm-cache-proxy",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(ProxyError, _on_proxy_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.include_router(router)
+    return app
+
+
+def app_from_environ(environ: Mapping[str, str] | None = None) -> FastAPI:
+    """uvicorn factory for `serve`: config from LLMCP_CONFIG, Redis from REDIS_URL.
+
+    The CLI resolves both (starting the embedded Redis when needed) before it starts the
+    workers; run under plain uvicorn with no Redis named, this process embeds its own.
+    """
+    environ = os.environ if environ is None else environ
+    config = load_config(environ.get("LLMCP_CONFIG", "config.yaml"), environ)
+    url = environ.get("REDIS_URL") or config.redis.url
+    if url:
+        return create_app(config, url)
+    from proxy.embedded import EmbeddedRedis
+
+    embedded = EmbeddedRedis(config.redis.state_dir, config.redis.embedded_maxmemory)
+    app = create_app(config, embedded.url)
+    app.state.embedded = embedded  # the server lives as long as the app
+    return app

@@ -1,0 +1,128 @@
+"""`llm-cache-proxy`: translates options into a Config and runs things; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from proxy import __version__
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("LLMCP_CONFIG") or "config.yaml"
+
+
+def _load(arg: str | None) -> Config | None:
+    path = _config_path(arg)
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as exc:
+        print(f"llm-cache-proxy: config error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    import uvicorn
+
+    server = config.server
+    host = args.host or server.host
+    port = args.port if args.port is not None else server.port
+    workers = args.workers or server.workers
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    url = os.environ.get("REDIS_URL") or config.redis.url
+    embedded = None
+    if not url:
+        from proxy.embedded import EmbeddedRedis
+
+        embedded = EmbeddedRedis(config.redis.state_dir, config.redis.embedded_maxmemory)
+        url = embedded.url
+    # The workers build their app from these (uvicorn needs an import string for workers > 1).
+    os.environ["LLMCP_CONFIG"] = str(Path(_config_path(args.config)).resolve())
+    os.environ["REDIS_URL"] = url
+    where = "embedded Redis" if embedded else "Redis"
+    print(
+        f"llm-cache-proxy {__version__}: OpenAI base_url http://{host}:{port}/v1 "
+        f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})",
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            "proxy.app:app_from_environ",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=server.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for printing."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    redis_url = os.environ.get("REDIS_URL") or config.redis.url
+    print(f"config OK: {_config_path(args.config)}")
+    print(f"  server   {config.server.host}:{config.server.port}, {config.server.workers} worker(s)")
+    print(f"  redis    {_safe_url(redis_url) if redis_url else 'embedded (' + config.redis.state_dir + ')'}"
+          f", key prefix {config.redis.key_prefix!r}")
+    print(f"  cache    ttl {config.cache.ttl_seconds}s (max {config.cache.max_ttl_seconds}s), "
+          f"scope {config.cache.scope}, max entry {config.cache.max_entry_bytes} bytes")
+    for m in config.models:
+        ttl = f", ttl {m.cache_ttl_seconds}s" if m.cache_ttl_seconds else ""
+        print(f"  model    {m.name} -> {m.litellm_model}{ttl}")
+    for t in config.tenants:
+        limits = "unlimited"
+        if t.limits:
+            parts = []
+            if t.limits.requests_per_minute:
+                parts.append(f"{t.limits.requests_per_minute} req/min")
+            if t.limits.tokens_per_minute:
+                parts.append(f"{t.limits.tokens_per_minute} tok/min")
+            limits = ", ".join(parts) or "per-model/per-user only"
+        print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-cache-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="config file (default: $LLMCP_CONFIG or ./config.yaml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate the config and print a summary")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,276 @@
+"""config.yaml -> frozen, validated settings.
+
+The environment is passed in (never read from `os.environ` here) so tests hand over a
+dict. Every failure is one `ConfigError` whose message names the field, e.g.
+`tenants[0].api_keys[1]: environment variable ACME_KEY is not set`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_SHA256_PREFIX = "sha256:"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_prompts: bool = False
+
+
+class RedisConfig(_Strict):
+    url: str | None = None
+    key_prefix: str = Field("llmcp", pattern=_NAME)
+    connect_timeout_ms: int = Field(250, ge=1)
+    timeout_ms: int = Field(250, ge=1)
+    # While Redis is failing, skip it for this long before probing again, so requests stop
+    # paying the connection timeout one by one.
+    retry_after_ms: int = Field(1000, ge=0)
+    max_connections: int = Field(256, ge=1)
+    state_dir: str = ".llm-cache-proxy"
+    embedded_maxmemory: str = "256mb"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class CacheConfig(_Strict):
+    ttl_seconds: int = Field(3600, ge=1)
+    max_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
+    max_entry_bytes: int = Field(1024 * 1024, ge=256)
+    # Answers at least this large are stored zlib-compressed (JSON shrinks 3-5x).
+    compress_min_bytes: int = Field(2048, ge=0)
+    scope: Literal["tenant", "shared"] = "tenant"
+
+    @model_validator(mode="after")
+    def _ttl_within_cap(self) -> CacheConfig:
+        if self.ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("ttl_seconds must not exceed max_ttl_seconds")
+        return self
+
+
+class UpstreamConfig(_Strict):
+    timeout_seconds: float = Field(120.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[^\s]{1,128}$")
+    litellm_model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: str | None = Field(None, repr=False)
+    cache_ttl_seconds: int | None = Field(None, ge=1)
+    timeout_seconds: float | None = Field(None, gt=0)
+    # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
+    tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
+
+    @property
+    def is_demo(self) -> bool:
+        """`demo/...` models are answered by the proxy itself (offline try-out)."""
+        return self.litellm_model.startswith("demo/")
+
+
+class BucketLimits(_Strict):
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    burst_requests: int | None = Field(None, gt=0)
+    burst_tokens: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> BucketLimits:
+        if self.burst_requests is not None and self.requests_per_minute is None:
+            raise ValueError("burst_requests needs requests_per_minute")
+        if self.burst_tokens is not None and self.tokens_per_minute is None:
+            raise ValueError("burst_tokens needs tokens_per_minute")
+        return self
+
+
+class TenantLimits(BucketLimits):
+    models: dict[str, BucketLimits] = Field(default_factory=dict)
+    per_user: BucketLimits | None = None
+
+
+class TenantConfig(_Strict):
+    name: str = Field(pattern=_NAME)
+    api_keys: tuple[str, ...] = Field(min_length=1)
+    cache_ttl_seconds: int | None = Field(None, ge=1)
+    limits: TenantLimits | None = None
+    limit_cache_hits: bool = False
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_usable(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if key.startswith(_SHA256_PREFIX):
+                if not re.fullmatch(r"[0-9a-f]{64}", key[len(_SHA256_PREFIX) :]):
+                    raise ValueError("sha256: keys need 64 lowercase hex digits")
+            elif len(key) < 8:
+                raise ValueError("an API key must be at least 8 characters")
+        return keys
+
+    @cached_property
+    def key_digests(self) -> tuple[bytes, ...]:
+        """sha256 of each key: what requests are matched against (plaintext is not kept)."""
+        return tuple(key_digest(k) for k in self.api_keys)
+
+
+class RateLimitConfig(_Strict):
+    on_redis_error: Literal["open", "closed"] = "open"
+    on_limit: Literal["reject", "wait"] = "reject"
+    max_wait_ms: int = Field(2000, ge=0, le=60_000)
+    # Completion tokens reserved when a request sets no max_tokens.
+    default_max_tokens: int = Field(1024, ge=1)
+
+
+class AdminConfig(_Strict):
+    api_keys: tuple[str, ...] = ()
+
+    @cached_property
+    def key_digests(self) -> tuple[bytes, ...]:
+        return tuple(key_digest(k) for k in self.api_keys)
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig = RedisConfig()
+    cache: CacheConfig = CacheConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    admin: AdminConfig = AdminConfig()
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    tenants: tuple[TenantConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        _unique("models", [m.name for m in self.models], "model name")
+        _unique("tenants", [t.name for t in self.tenants], "tenant name")
+        owner: dict[bytes, str] = {}
+        for t in self.tenants:
+            for digest in t.key_digests:
+                if digest in owner:
+                    raise ValueError(
+                        f"tenants: tenant {t.name!r} reuses an API key of tenant {owner[digest]!r}"
+                    )
+                owner[digest] = t.name
+        for digest in self.admin.key_digests:
+            if digest in owner:
+                raise ValueError(f"admin.api_keys: a key is also tenant {owner[digest]!r}'s")
+        for t in self.tenants:
+            for model in (t.limits.models if t.limits else {}):
+                if model not in self.model_index:
+                    raise ValueError(
+                        f"tenants: tenant {t.name!r} limits unknown model {model!r}"
+                    )
+        return self
+
+    @cached_property
+    def model_index(self) -> dict[str, ModelConfig]:
+        return {m.name: m for m in self.models}
+
+    @cached_property
+    def tenant_index(self) -> dict[str, TenantConfig]:
+        return {t.name: t for t in self.tenants}
+
+    @cached_property
+    def tenant_by_key(self) -> dict[bytes, TenantConfig]:
+        """sha256(key) -> tenant; the lookup `proxy.auth` does per request."""
+        return {d: t for t in self.tenants for d in t.key_digests}
+
+
+def key_digest(key: str) -> bytes:
+    """A configured key as the 32-byte sha256 digest requests are compared against."""
+    if key.startswith(_SHA256_PREFIX):
+        return bytes.fromhex(key[len(_SHA256_PREFIX) :])
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _unique(field: str, names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{field}: duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
+    """Read, expand and validate a config file; raises ConfigError with one clear line."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_config(raw, environ, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], environ: Mapping[str, str], source: str = "config") -> Config:
+    """Validate an already-loaded mapping (used by load_config and by tests)."""
+    expanded = _expand(raw, environ, "")
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+
+def _expand(node: Any, environ: Mapping[str, str], where: str) -> Any:
+    if isinstance(node, str):
+        return _expand_string(node, environ, where)
+    if isinstance(node, dict):
+        return {k: _expand(v, environ, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, environ, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def _expand_string(value: str, environ: Mapping[str, str], where: str) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ""
+    for part in err["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    if not where:
+        return message
+    if message.startswith(f"{where.split('.')[0]}:"):
+        return message
+    return f"{where}: {message}"

@@ -1,0 +1,166 @@
+"""Every error the proxy can answer with, in one place.
+
+Each class carries the HTTP status and the OpenAI error `type`/`code` it renders as;
+`proxy.app` turns any of them into `{"error": {"message", "type", "param", "code"}}`.
+Domain code raises these; nothing else reaches a client.
+
+    ProxyError                      500 server_error
+    ├── InvalidRequest              400 invalid_request_error
+    │   ├── MalformedJSON           400   code=invalid_json
+    │   ├── BodyTooLarge            413   code=request_too_large
+    │   ├── UnsupportedMediaType    415   code=unsupported_media_type
+    │   └── ModelNotFound           404   code=model_not_found
+    ├── AuthenticationFailed        401   code=invalid_api_key
+    ├── PermissionDenied            403   code=permission_denied
+    ├── RouteNotFound               404   code=not_found
+    ├── MethodNotAllowed            405   code=method_not_allowed
+    ├── RateLimited                 429   code=rate_limit_exceeded | request_too_large
+    ├── ServiceUnavailable          503   code=service_unavailable
+    └── UpstreamError               502 upstream_error
+        ├── UpstreamTimeout         504   code=upstream_timeout
+        ├── UpstreamRateLimited     429   code=rate_limit_exceeded (Retry-After kept)
+        └── UpstreamRejected        4xx   the provider's own status for the client's input
+
+    ConfigError                     not an HTTP error: stops startup / check-config with one line
+    StoreUnavailable                not an HTTP error: Redis failed; callers degrade (BYPASS, fail open/closed)
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the field."""
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be used for this call; the caller degrades instead of failing."""
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The OpenAI error shape."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+
+
+class MalformedJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RouteNotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RateLimited(ProxyError):
+    """The tenant's quota is spent; `type` is "requests" or "tokens" as OpenAI reports it."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.type = kind
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """The provider failed; the client did nothing wrong."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider refused the client's input (its 4xx); the status is passed through."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "upstream_rejected"

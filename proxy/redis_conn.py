@@ -1,0 +1,91 @@
+"""The Redis connection: bounded timeouts, and a breaker that stops paying them.
+
+Every Redis call the proxy makes goes through `RedisGate.run`, which turns any Redis or
+socket failure into `StoreUnavailable` (the caller degrades: cache BYPASS, limiter open or
+closed). After a failure the gate stays shut for `retry_after_ms`, so while Redis is down
+requests skip it at once instead of each waiting for a connect timeout; the first request
+after that probes it, and the proxy recovers by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from proxy.config import RedisConfig
+from proxy.errors import StoreUnavailable
+
+log = logging.getLogger("llmcp.redis")
+T = TypeVar("T")
+
+FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def connect(url: str, cfg: RedisConfig) -> aioredis.Redis:
+    """A client over a blocking pool: a burst waits briefly for a connection, then fails."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=cfg.max_connections,
+        timeout=cfg.connect_timeout_ms / 1000,
+        socket_timeout=cfg.timeout_ms / 1000,
+        socket_connect_timeout=cfg.connect_timeout_ms / 1000,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisGate:
+    """Runs Redis calls; remembers failure for a moment so the next calls fail fast."""
+
+    def __init__(self, client: aioredis.Redis, retry_after_ms: int, op_timeout_ms: int) -> None:
+        self.client = client
+        self._retry_after = retry_after_ms / 1000
+        # A hard ceiling per call: the socket timeout bounds one read, this bounds the call.
+        self._deadline = max(op_timeout_ms * 4, 100) / 1000
+        self._down_until = 0.0
+        self._down_since: float | None = None
+
+    @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        if self._down_since is not None and time.monotonic() < self._down_until:
+            raise StoreUnavailable("Redis is unavailable (circuit open)")
+        try:
+            async with asyncio.timeout(self._deadline):
+                result = await call(self.client)
+        except FAILURES as exc:
+            self._failed(exc)
+            raise StoreUnavailable(f"Redis call failed: {type(exc).__name__}: {exc}") from exc
+        if self._down_since is not None:
+            log.warning("Redis is reachable again after %.1fs", time.monotonic() - self._down_since)
+            self._down_since = None
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "Redis failed (%s: %s); serving without cache, retrying every %.1fs",
+                type(exc).__name__,
+                exc,
+                self._retry_after,
+            )
+        self._down_until = now + self._retry_after
+
+    async def ping(self) -> bool:
+        """Readiness: reach Redis now, ignoring the breaker (it is a probe too)."""
+        self._down_until = 0.0
+        try:
+            await self.run(lambda r: r.ping())
+        except StoreUnavailable:
+            return False
+        return True

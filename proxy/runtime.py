@@ -1,0 +1,47 @@
+"""Everything one proxy process holds, built from a Config and a Redis URL.
+
+No module-level clients: the app's lifespan builds a Runtime on startup and closes it on
+shutdown, so tests and workers each get their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from proxy.cache import CacheStore
+from proxy.config import Config
+from proxy.redis_conn import RedisGate, connect
+from proxy.service import ChatService
+from proxy.upstream import Upstreams, preload
+
+log = logging.getLogger("llmcp")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    redis: aioredis.Redis
+    gate: RedisGate
+    chat: ChatService
+
+    @classmethod
+    def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
+        client = connect(redis_url, config.redis)
+        gate = RedisGate(client, config.redis.retry_after_ms, config.redis.timeout_ms)
+        cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
+        upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
+        return cls(config, client, gate, ChatService(config, cache, upstreams))
+
+    async def start(self) -> None:
+        if not await self.gate.ping():
+            log.warning("Redis is not reachable at startup; serving without cache until it is")
+        if any(not m.is_demo for m in self.config.models):
+            # Import litellm off the event loop now, so the first miss does not pay ~3s.
+            asyncio.get_running_loop().run_in_executor(None, preload)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

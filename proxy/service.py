@@ -1,0 +1,218 @@
+"""The chat pipeline: parse -> key -> cache -> upstream -> store.
+
+Framework-free: it takes bytes and a few header values and returns a `Reply`, so the
+HTTP layer stays thin and the hit path does only what a hit needs (one JSON parse of the
+request, one hash, one Redis GET, no litellm, no pydantic).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.cache import CacheStore, Entry
+from proxy.config import Config, ModelConfig, TenantConfig
+from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, StoreUnavailable, UpstreamError
+from proxy.keys import cache_key, chat_digest
+from proxy.sse import DONE, StreamAssembler, event, replay_chunks
+from proxy.upstream import Upstreams
+from proxy.validation import check_chat_request, parse_json_object
+
+log = logging.getLogger("llmcp.service")
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """The request headers the pipeline reads (names already lower-cased by the server)."""
+
+    cache_control: str | None = None
+    cache_ttl: str | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControls:
+    lookup: bool
+    store: bool
+    ttl: int
+
+
+def cache_controls(
+    meta: RequestMeta, config: Config, tenant: TenantConfig, model: ModelConfig
+) -> CacheControls:
+    """`Cache-Control: no-cache` skips the lookup, `no-store` skips the write; X-Cache-TTL
+    sets the TTL (capped by cache.max_ttl_seconds; 0 means do not store)."""
+    directives = {d.strip().lower() for d in (meta.cache_control or "").split(",")}
+    ttl = tenant.cache_ttl_seconds or model.cache_ttl_seconds or config.cache.ttl_seconds
+    if meta.cache_ttl is not None:
+        try:
+            ttl = int(meta.cache_ttl)
+        except ValueError:
+            ttl = -1
+        if ttl < 0:
+            raise InvalidRequest(
+                "X-Cache-TTL must be a whole number of seconds (0 = do not store).",
+                param="X-Cache-TTL",
+            )
+    ttl = min(ttl, config.cache.max_ttl_seconds)
+    return CacheControls(
+        lookup="no-cache" not in directives,
+        store="no-store" not in directives and ttl > 0,
+        ttl=ttl,
+    )
+
+
+@dataclass(slots=True)
+class _Call:
+    """What one request resolved to, passed between the pipeline's steps."""
+
+    tenant: TenantConfig
+    model: ModelConfig
+    body: dict[str, Any]
+    key: str
+    controls: CacheControls
+    stream: bool
+    include_usage: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ChatService:
+    def __init__(self, config: Config, cache: CacheStore, upstreams: Upstreams) -> None:
+        self.config = config
+        self.cache = cache
+        self.upstreams = upstreams
+
+    def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta) -> _Call:
+        body = parse_json_object(raw)
+        check_chat_request(body)
+        model = self.config.model_index.get(body["model"])
+        if model is None:
+            raise ModelNotFound(
+                f"The model '{body['model']}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        digest = chat_digest(body, model)
+        namespace = tenant.name if self.config.cache.scope == "tenant" else "shared"
+        stream = body.get("stream") is True
+        options = body.get("stream_options") or {}
+        return _Call(
+            tenant=tenant,
+            model=model,
+            body=body,
+            key=cache_key(self.config.redis.key_prefix, namespace, "chat", digest),
+            controls=cache_controls(meta, self.config, tenant, model),
+            stream=stream,
+            include_usage=stream and options.get("include_usage") is True,
+            headers={"X-Cache-Key": digest},
+        )
+
+    async def chat(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta) -> Reply:
+        call = self._resolve(tenant, raw, meta)
+        status = "BYPASS"
+        if call.controls.lookup:
+            try:
+                entry = await self.cache.get(call.key)
+                status = "MISS"
+            except StoreUnavailable:
+                entry = None
+            if entry is not None:
+                return self._hit(call, entry)
+        call.headers["X-Cache"] = status
+        if call.stream:
+            return await self._stream_miss(call)
+        return await self._miss(call)
+
+    def _hit(self, call: _Call, entry: Entry) -> Reply:
+        call.headers["X-Cache"] = "HIT"
+        call.headers["Age"] = str(entry.age_seconds())
+        if not call.stream:
+            return Reply(200, call.headers, entry.body)
+        chunks = replay_chunks(orjson.loads(entry.body), call.include_usage)
+        body = b"".join(event(c) for c in chunks) + DONE
+        return Reply(200, call.headers, body, media_type=SSE)
+
+    async def _miss(self, call: _Call) -> Reply:
+        upstream = self.upstreams.for_model(call.model)
+        response = await upstream.complete(call.model, call.body)
+        body = orjson.dumps(response)
+        choices = response.get("choices") or []
+        if choices and all(c.get("finish_reason") for c in choices):
+            await self._store(call, body, response.get("usage"))
+        return Reply(200, call.headers, body)
+
+    async def _stream_miss(self, call: _Call) -> Reply:
+        upstream = self.upstreams.for_model(call.model)
+        chunks = await upstream.stream(call.model, call.body)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamError("The upstream provider ended the stream without an answer.") from None
+        return Reply(200, call.headers, stream=self._relay(call, first, chunks), media_type=SSE)
+
+    async def _relay(
+        self, call: _Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]
+    ) -> AsyncIterator[bytes]:
+        """Forward chunks as they arrive; store the assembled answer only after a clean end."""
+        assembler = StreamAssembler()
+        chunk: dict[str, Any] | None = first
+        try:
+            while chunk is not None:
+                assembler.add(chunk)
+                shown = _for_client(chunk, call.include_usage)
+                if shown is not None:
+                    yield event(shown)
+                chunk = await anext(chunks, None)
+            if assembler.complete:
+                body = orjson.dumps(assembler.response())
+                await self._store(call, body, assembler.usage)
+            else:
+                log.warning("upstream stream ended without a finish_reason; not cached")
+            yield DONE
+        except ProxyError as exc:
+            log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
+            yield event(exc.body())
+        finally:
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    async def _store(self, call: _Call, body: bytes, usage: dict[str, Any] | None) -> None:
+        if not call.controls.store:
+            return
+        usage = usage or {}
+        try:
+            stored = await self.cache.put(
+                call.key,
+                body,
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                call.controls.ttl,
+            )
+        except StoreUnavailable:
+            return
+        if not stored:
+            log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
+
+
+def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
+    """The proxy always asks upstream for usage; show it only to clients that asked."""
+    if include_usage or "usage" not in chunk:
+        return chunk
+    if not chunk.get("choices"):
+        return None
+    return {k: v for k, v in chunk.items() if k != "usage"}

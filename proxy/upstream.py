@@ -1,0 +1,185 @@
+"""Calls to the provider: the only module that imports litellm.
+
+litellm is imported lazily on the first miss (it costs seconds and megabytes), with its
+cost-map download turned off and its async HTTP sent over httpx. Only the OpenAI chat
+parameters are passed to litellm as arguments; any other field of the client's body goes
+to the provider inside `extra_body`, so a client can never set litellm's own options
+(`api_base`, `api_key`, `mock_response`, ...) and redirect the server's credentials.
+Provider errors are translated at one boundary with a lookup table, most specific first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from proxy.config import ModelConfig
+from proxy.errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+
+# OpenAI chat-completion parameters litellm knows how to map for every provider.
+CHAT_PARAMS = frozenset(
+    {
+        "messages", "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
+        "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "tools",
+        "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
+        "reasoning_effort", "modalities", "audio", "prediction", "web_search_options",
+        "functions", "function_call", "service_tier", "verbosity",
+    }
+)
+# Fields of the client's body the proxy handles itself and never forwards.
+_OWN_FIELDS = frozenset({"model", "stream", "stream_options", "metadata", "store"})
+_LITELLM_EXTRAS = ("provider_specific_fields", "cost")
+
+
+class Upstream(Protocol):
+    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def stream(
+        self, model: ModelConfig, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.disable_aiohttp_transport = True  # httpx: one client stack, visible to respx
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+def preload() -> None:
+    """Import litellm now (from a thread at startup) so the first miss does not pay for it."""
+    _litellm()
+
+
+class LiteLLMUpstream:
+    """Any provider litellm supports, answered in the OpenAI shape."""
+
+    def __init__(self, default_timeout_s: float) -> None:
+        self._timeout = default_timeout_s
+
+    def _arguments(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {k: v for k, v in body.items() if k in CHAT_PARAMS}
+        extra = {k: v for k, v in body.items() if k not in CHAT_PARAMS and k not in _OWN_FIELDS}
+        if extra:
+            args["extra_body"] = extra
+        args.update(
+            model=model.litellm_model,
+            timeout=model.timeout_seconds or self._timeout,
+            num_retries=0,  # the client's SDK retries; retrying here too multiplies load
+        )
+        if model.api_base:
+            args["api_base"] = model.api_base
+        if model.api_key:
+            args["api_key"] = model.api_key
+        return args
+
+    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+        litellm = _litellm()
+        try:
+            response = await litellm.acompletion(**self._arguments(model, body))
+        except Exception as exc:
+            raise translate(exc) from exc
+        return clean(response.model_dump(exclude_none=True))
+
+    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        litellm = _litellm()
+        args = self._arguments(model, body)
+        args.update(stream=True, stream_options={"include_usage": True})
+        try:
+            wrapper = await litellm.acompletion(**args)
+        except Exception as exc:
+            raise translate(exc) from exc
+        return self._chunks(wrapper)
+
+    @staticmethod
+    async def _chunks(wrapper: Any) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in wrapper:
+                yield clean(chunk.model_dump(exclude_none=True))
+        except Exception as exc:
+            raise translate(exc) from exc
+
+
+class Upstreams:
+    """Picks the upstream for a model: demo models in-process, the rest through litellm."""
+
+    def __init__(self, default_timeout_s: float, demo: Upstream | None = None) -> None:
+        from proxy.demo import DemoUpstream
+
+        self._litellm = LiteLLMUpstream(default_timeout_s)
+        self._demo: Upstream = demo or DemoUpstream()
+
+    def for_model(self, model: ModelConfig) -> Upstream:
+        return self._demo if model.is_demo else self._litellm
+
+
+def clean(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop litellm's own additions so clients see the plain OpenAI shape."""
+    for extra in _LITELLM_EXTRAS:
+        obj.pop(extra, None)
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        usage.pop("cost", None)
+    for choice in obj.get("choices") or ():
+        choice.pop("provider_specific_fields", None)
+        for part in ("message", "delta"):
+            inner = choice.get(part)
+            if isinstance(inner, dict):
+                inner.pop("provider_specific_fields", None)
+    return obj
+
+
+def _retry_after(exc: Exception) -> dict[str, str]:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers", None)
+    out = {}
+    for name in ("retry-after", "retry-after-ms"):
+        value = headers.get(name) if headers is not None else None
+        if value:
+            out[name] = str(value)
+    return out
+
+
+def _message(exc: Exception) -> str:
+    text = str(getattr(exc, "message", None) or exc)
+    for prefix in ("litellm.", "OpenAIException - ", "AnthropicException - "):
+        if text.startswith(prefix):
+            text = text.split(": ", 1)[-1] if prefix == "litellm." else text[len(prefix) :]
+    return text.strip() or type(exc).__name__
+
+
+def translate(exc: Exception) -> ProxyError:
+    """A provider failure as the ProxyError the client should see."""
+    if isinstance(exc, ProxyError):
+        return exc
+    litellm = _litellm()
+    ex = litellm.exceptions
+    table: list[tuple[type[Exception], Any]] = [
+        (ex.Timeout, lambda e: UpstreamTimeout(f"The upstream provider timed out: {_message(e)}")),
+        (ex.RateLimitError, lambda e: UpstreamRateLimited(
+            f"The upstream provider is rate limiting: {_message(e)}", headers=_retry_after(e))),
+        (ex.AuthenticationError, lambda e: UpstreamError(
+            "The upstream provider rejected the proxy's credentials for this model.")),
+        (ex.PermissionDeniedError, lambda e: UpstreamError(
+            "The upstream provider denied the proxy access to this model.")),
+        (ex.NotFoundError, lambda e: UpstreamError(
+            f"The upstream provider does not know this model: {_message(e)}")),
+        (ex.BadRequestError, lambda e: UpstreamRejected(_message(e), status=400)),
+        (ex.UnprocessableEntityError, lambda e: UpstreamRejected(_message(e), status=422)),
+        (ex.APIConnectionError, lambda e: UpstreamError(
+            f"Could not reach the upstream provider: {_message(e)}")),
+    ]
+    for kind, build in table:
+        if isinstance(exc, kind):
+            return build(exc)  # type: ignore[no-any-return]
+    return UpstreamError(f"The upstream provider failed: {_message(exc)}")
