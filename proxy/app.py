@@ -28,9 +28,7 @@ log = logging.getLogger("llmcp")
 
 
 def _render(exc: ProxyError) -> Response:
-    return Response(
-        orjson.dumps(exc.body()), exc.status, exc.headers, media_type="application/json"
-    )
+    return Response(orjson.dumps(exc.body()), exc.status, exc.headers, media_type="application/json")
 
 
 async def _on_proxy_error(_: Request, exc: Exception) -> Response:

@@ -16,9 +16,7 @@ from proxy.errors import AuthenticationFailed
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise AuthenticationFailed(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-        )
+        raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

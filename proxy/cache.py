@@ -46,9 +46,7 @@ def encode_entry(
         packed = zlib.compress(body, 6)
         if len(packed) < len(body):
             body, flags = packed, _ZLIB
-    header = _HEADER.pack(
-        _MAGIC, flags, now_ms, min(prompt_tokens, _U32), min(completion_tokens, _U32)
-    )
+    header = _HEADER.pack(_MAGIC, flags, now_ms, min(prompt_tokens, _U32), min(completion_tokens, _U32))
     return header + body
 
 
@@ -79,7 +77,8 @@ class CacheStore:
     async def get(self, key: str) -> Entry | None:
         """One round trip. Raises StoreUnavailable when Redis fails."""
         raw = await self._gate.run(lambda r: r.get(key))
-        return decode_entry(raw) if raw is not None else None
+        # The client is created without decode_responses, so values are bytes.
+        return decode_entry(raw) if isinstance(raw, bytes) else None
 
     async def put(
         self, key: str, body: bytes, prompt_tokens: int, completion_tokens: int, ttl_seconds: int

@@ -36,7 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     workers = args.workers or server.workers
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     url = os.environ.get("REDIS_URL") or config.redis.url
     embedded = None
@@ -85,10 +87,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     redis_url = os.environ.get("REDIS_URL") or config.redis.url
     print(f"config OK: {_config_path(args.config)}")
     print(f"  server   {config.server.host}:{config.server.port}, {config.server.workers} worker(s)")
-    print(f"  redis    {_safe_url(redis_url) if redis_url else 'embedded (' + config.redis.state_dir + ')'}"
-          f", key prefix {config.redis.key_prefix!r}")
-    print(f"  cache    ttl {config.cache.ttl_seconds}s (max {config.cache.max_ttl_seconds}s), "
-          f"scope {config.cache.scope}, max entry {config.cache.max_entry_bytes} bytes")
+    print(
+        f"  redis    {_safe_url(redis_url) if redis_url else 'embedded (' + config.redis.state_dir + ')'}"
+        f", key prefix {config.redis.key_prefix!r}"
+    )
+    print(
+        f"  cache    ttl {config.cache.ttl_seconds}s (max {config.cache.max_ttl_seconds}s), "
+        f"scope {config.cache.scope}, max entry {config.cache.max_entry_bytes} bytes"
+    )
     for m in config.models:
         ttl = f", ttl {m.cache_ttl_seconds}s" if m.cache_ttl_seconds else ""
         print(f"  model    {m.name} -> {m.litellm_model}{ttl}")

@@ -178,11 +178,9 @@ class Config(_Strict):
             if digest in owner:
                 raise ValueError(f"admin.api_keys: a key is also tenant {owner[digest]!r}'s")
         for t in self.tenants:
-            for model in (t.limits.models if t.limits else {}):
+            for model in t.limits.models if t.limits else {}:
                 if model not in self.model_index:
-                    raise ValueError(
-                        f"tenants: tenant {t.name!r} limits unknown model {model!r}"
-                    )
+                    raise ValueError(f"tenants: tenant {t.name!r} limits unknown model {model!r}")
         return self
 
     @cached_property
@@ -232,7 +230,10 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str], source: str = "config") -> Config:
     """Validate an already-loaded mapping (used by load_config and by tests)."""
-    expanded = _expand(raw, environ, "")
+    try:
+        expanded = _expand(raw, environ, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         return Config.model_validate(expanded)
     except ValidationError as exc:

@@ -79,7 +79,12 @@ def chunks(model: str, messages: list[dict[str, Any]], include_usage: bool) -> l
         "model": model,
     }
     words = answer.split(" ")
-    out = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    out = [
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    ]
     for i, word in enumerate(words):
         piece = word if i == 0 else " " + word
         out.append({**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})

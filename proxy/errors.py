@@ -22,7 +22,7 @@ Domain code raises these; nothing else reaches a client.
         └── UpstreamRejected        4xx   the provider's own status for the client's input
 
     ConfigError                     not an HTTP error: stops startup / check-config with one line
-    StoreUnavailable                not an HTTP error: Redis failed; callers degrade (BYPASS, fail open/closed)
+    StoreUnavailable                not an HTTP error: Redis failed; callers degrade
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ProxyError(Exception):
 class InvalidRequest(ProxyError):
     status = 400
     type = "invalid_request_error"
-    code = None
+    code: str | None = None
 
 
 class MalformedJSON(InvalidRequest):

@@ -65,10 +65,7 @@ def normalize_chat(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     for name, value in body.items():
         if value is None or name in IGNORED_FIELDS:
             continue
-        if name == "messages":
-            value = [_normalize_message(m) for m in value]
-        else:
-            value = _canon(value)
+        value = [_normalize_message(m) for m in value] if name == "messages" else _canon(value)
         if name == "stop" and isinstance(value, str):
             value = [value]
         if name in DEFAULTS and value == DEFAULTS[name] and type(value) is type(DEFAULTS[name]):

@@ -37,7 +37,7 @@ def connect(url: str, cfg: RedisConfig) -> aioredis.Redis:
         socket_connect_timeout=cfg.connect_timeout_ms / 1000,
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 class RedisGate:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-import orjson
 
 from proxy.auth import authenticate_tenant
 from proxy.errors import BodyTooLarge, InvalidRequest, ModelNotFound

@@ -123,7 +123,9 @@ def replay_chunks(response: dict[str, Any], include_usage: bool) -> list[dict[st
         if choice.get("logprobs"):
             opening["logprobs"] = choice["logprobs"]
         first.append(opening)
-        last.append({"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")})
+        last.append(
+            {"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")}
+        )
     chunks = [{**head, "choices": first}, {**head, "choices": last}]
     if include_usage and response.get("usage"):
         chunks.append({**head, "choices": [], "usage": response["usage"]})

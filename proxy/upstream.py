@@ -26,11 +26,33 @@ from proxy.errors import (
 # OpenAI chat-completion parameters litellm knows how to map for every provider.
 CHAT_PARAMS = frozenset(
     {
-        "messages", "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
-        "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "tools",
-        "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
-        "reasoning_effort", "modalities", "audio", "prediction", "web_search_options",
-        "functions", "function_call", "service_tier", "verbosity",
+        "messages",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "reasoning_effort",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+        "service_tier",
+        "verbosity",
     }
 )
 # Fields of the client's body the proxy handles itself and never forwards.
@@ -41,9 +63,7 @@ _LITELLM_EXTRAS = ("provider_specific_fields", "cost")
 class Upstream(Protocol):
     async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    async def stream(
-        self, model: ModelConfig, body: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]: ...
+    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
 
 def _litellm() -> Any:
@@ -166,20 +186,32 @@ def translate(exc: Exception) -> ProxyError:
     ex = litellm.exceptions
     table: list[tuple[type[Exception], Any]] = [
         (ex.Timeout, lambda e: UpstreamTimeout(f"The upstream provider timed out: {_message(e)}")),
-        (ex.RateLimitError, lambda e: UpstreamRateLimited(
-            f"The upstream provider is rate limiting: {_message(e)}", headers=_retry_after(e))),
-        (ex.AuthenticationError, lambda e: UpstreamError(
-            "The upstream provider rejected the proxy's credentials for this model.")),
-        (ex.PermissionDeniedError, lambda e: UpstreamError(
-            "The upstream provider denied the proxy access to this model.")),
-        (ex.NotFoundError, lambda e: UpstreamError(
-            f"The upstream provider does not know this model: {_message(e)}")),
+        (
+            ex.RateLimitError,
+            lambda e: UpstreamRateLimited(
+                f"The upstream provider is rate limiting: {_message(e)}", headers=_retry_after(e)
+            ),
+        ),
+        (
+            ex.AuthenticationError,
+            lambda e: UpstreamError("The upstream provider rejected the proxy's credentials for this model."),
+        ),
+        (
+            ex.PermissionDeniedError,
+            lambda e: UpstreamError("The upstream provider denied the proxy access to this model."),
+        ),
+        (
+            ex.NotFoundError,
+            lambda e: UpstreamError(f"The upstream provider does not know this model: {_message(e)}"),
+        ),
         (ex.BadRequestError, lambda e: UpstreamRejected(_message(e), status=400)),
         (ex.UnprocessableEntityError, lambda e: UpstreamRejected(_message(e), status=422)),
-        (ex.APIConnectionError, lambda e: UpstreamError(
-            f"Could not reach the upstream provider: {_message(e)}")),
+        (
+            ex.APIConnectionError,
+            lambda e: UpstreamError(f"Could not reach the upstream provider: {_message(e)}"),
+        ),
     ]
     for kind, build in table:
         if isinstance(exc, kind):
-            return build(exc)  # type: ignore[no-any-return]
+            return build(exc)
     return UpstreamError(f"The upstream provider failed: {_message(exc)}")

@@ -110,8 +110,7 @@ def _check_messages(messages: object) -> None:
         role = message.get("role")
         if role not in _ROLES:
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': expected one of "
-                f"{', '.join(sorted(_ROLES))}.",
+                f"Invalid value for '{where}.role': expected one of {', '.join(sorted(_ROLES))}.",
                 param=f"{where}.role",
             )
         content = message.get("content")

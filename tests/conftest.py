@@ -1,0 +1,160 @@
+"""Shared fixtures: a real Redis, per-test key prefixes, configs, and in-process apps.
+
+Redis is `REDIS_URL` when set (CI points it at the machine's server, own DB number),
+else an embedded redis-server this suite starts. Every test writes under its own key
+prefix and deletes only keys under it, so the suite never touches anyone else's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from proxy.app import create_app
+from proxy.config import Config, parse_config
+from proxy.upstream import Upstreams
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+TENANT_KEYS = {"acme": "sk-acme-test-key", "globex": "sk-globex-test-key"}
+UPSTREAM_BASE = "http://upstream.test/v1"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from proxy.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), "512mb")
+    yield server.url
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sync(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_sync: redis.Redis) -> Iterator[str]:
+    prefix = f"llmcptest{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = list(redis_sync.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        redis_sync.unlink(*keys)
+
+
+def own_keys(client: redis.Redis, prefix: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+def build_config(key_prefix: str, **overrides: Any) -> Config:
+    """A config with two tenants, a demo model and a respx-mocked OpenAI model."""
+    raw: dict[str, Any] = {
+        "redis": {"key_prefix": key_prefix},
+        "models": [
+            {"name": "demo", "litellm_model": "demo/echo"},
+            {
+                "name": "gpt-4o-mini",
+                "litellm_model": "openai/gpt-4o-mini",
+                "api_base": UPSTREAM_BASE,
+                "api_key": "sk-upstream-secret",
+            },
+        ],
+        "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(section), dict):
+            raw[section] = {**raw[section], **value}
+        else:
+            raw[section] = value
+    return parse_config(raw, {})
+
+
+def auth(tenant: str = "acme") -> dict[str, str]:
+    return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_client(redis_url: str, key_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+    """`await make_client(**config_overrides)` -> httpx client bound to a live app."""
+    stack: list[Any] = []
+
+    async def factory(
+        upstreams: Upstreams | None = None, url: str | None = None, **overrides: Any
+    ) -> httpx.AsyncClient:
+        config = build_config(key_prefix, **overrides)
+        app = create_app(config, url or redis_url, upstreams)
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy")
+        stack.append((lifespan, client))
+        return client
+
+    yield factory
+    for lifespan, client in reversed(stack):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+def openai_completion(content: str = "Hello!", finish: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+
+
+def openai_sse(pieces: list[str], finish: bool = True, usage: bool = True) -> bytes:
+    import orjson
+
+    head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    out = [
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    ]
+    out += [
+        {**head, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces
+    ]
+    if finish:
+        out.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage:
+            out.append(
+                {
+                    **head,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 4,
+                        "completion_tokens": len(pieces),
+                        "total_tokens": 4 + len(pieces),
+                    },
+                }
+            )
+    body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in out)
+    return body + (b"data: [DONE]\n\n" if finish else b"")

@@ -1,0 +1,212 @@
+"""The real thing: `llm-cache-proxy serve` in a subprocess, a fake provider over real HTTP,
+and the official openai SDK as the client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+import yaml
+
+from tests.conftest import TENANT_KEYS
+from tests.servers import child_env, free_port, wait_for_http
+
+pytestmark = pytest.mark.e2e
+
+
+class Stack:
+    def __init__(self, proxy_port: int, upstream_port: int, prefix: str) -> None:
+        self.base_url = f"http://127.0.0.1:{proxy_port}/v1"
+        self.upstream = f"http://127.0.0.1:{upstream_port}"
+        self.prefix = prefix
+
+    def client(self, tenant: str = "acme", **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=TENANT_KEYS[tenant], max_retries=0, **kwargs)
+
+    def upstream_calls(self) -> int:
+        return int(httpx.get(f"{self.upstream}/_fake/stats").json()["requests"])
+
+    def upstream_mode(self, **mode: Any) -> None:
+        httpx.post(f"{self.upstream}/_fake/mode", json=mode).raise_for_status()
+
+
+def write_config(path: Path, upstream_port: int, prefix: str) -> None:
+    config = {
+        "redis": {"key_prefix": prefix},
+        "models": [
+            {
+                "name": "fake",
+                "litellm_model": "openai/fake-model",
+                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key": "sk-fake-upstream-key",
+            },
+            {"name": "demo", "litellm_model": "demo/echo"},
+        ],
+        "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_sync: redis.Redis
+) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("e2e")
+    proxy_port, upstream_port = free_port(), free_port()
+    prefix = f"llmcpe2e{uuid.uuid4().hex[:8]}"
+    write_config(work / "config.yaml", upstream_port, prefix)
+    env = child_env(REDIS_URL=redis_url)
+    upstream = spawn(
+        ["-m", "proxy.fake_upstream", "--port", str(upstream_port)], env, work, work / "upstream.log"
+    )
+    server = spawn(
+        ["-m", "proxy", "serve", "--config", "config.yaml", "--port", str(proxy_port)],
+        env,
+        work,
+        work / "proxy.log",
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{upstream_port}/_fake/stats")
+        wait_for_http(f"http://127.0.0.1:{proxy_port}/readyz")
+        yield Stack(proxy_port, upstream_port, prefix)
+    finally:
+        stop(server, upstream)
+        keys = list(redis_sync.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            redis_sync.unlink(*keys)
+    log = (work / "proxy.log").read_text()
+    assert "Traceback" not in log, log
+
+
+def test_non_stream_miss_then_hit(stack: Stack) -> None:
+    client = stack.client()
+    before = stack.upstream_calls()
+    messages = [{"role": "user", "content": f"non-stream {uuid.uuid4()}"}]
+    first = client.chat.completions.with_raw_response.create(model="fake", messages=messages)
+    second = client.chat.completions.with_raw_response.create(model="fake", messages=messages)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert stack.upstream_calls() - before == 1
+    a, b = first.parse(), second.parse()
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.choices[0].message.content.startswith("This is the demo model. You said: non-stream")
+    assert b.usage is not None and b.usage.total_tokens > 0
+
+
+def _collect(stream: Any) -> tuple[str, Any]:
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage:
+            usage = chunk.usage
+    return text, usage
+
+
+def test_stream_miss_then_hit(stack: Stack) -> None:
+    client = stack.client()
+    before = stack.upstream_calls()
+    messages = [{"role": "user", "content": f"stream {uuid.uuid4()}"}]
+    results = []
+    for _ in range(2):
+        with client.chat.completions.with_streaming_response.create(
+            model="fake", messages=messages, stream=True, stream_options={"include_usage": True}
+        ) as response:
+            results.append((response.headers["x-cache"], *_collect(response.parse())))
+    (miss, text1, usage1), (hit, text2, usage2) = results
+    assert (miss, hit) == ("MISS", "HIT")
+    assert text1 == text2 and text1.startswith("This is the demo model. You said: stream")
+    assert usage1 == usage2 and usage1 is not None
+    assert stack.upstream_calls() - before == 1
+    # The same entry answers a non-stream request.
+    plain = client.chat.completions.with_raw_response.create(model="fake", messages=messages)
+    assert plain.headers["x-cache"] == "HIT"
+    assert plain.parse().choices[0].message.content == text1
+
+
+def test_tenants_are_isolated(stack: Stack) -> None:
+    messages = [{"role": "user", "content": f"isolation {uuid.uuid4()}"}]
+    before = stack.upstream_calls()
+    stack.client("acme").chat.completions.create(model="fake", messages=messages)
+    other = stack.client("globex").chat.completions.with_raw_response.create(model="fake", messages=messages)
+    assert other.headers["x-cache"] == "MISS"
+    assert stack.upstream_calls() - before == 2
+
+
+def test_bad_input_gets_sdk_errors(stack: Stack) -> None:
+    client = stack.client()
+    ok = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="fake", messages=ok, temperature=7)
+    assert bad.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=ok)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=stack.base_url, api_key="sk-wrong-key", max_retries=0).chat.completions.create(
+            model="fake", messages=ok
+        )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="fake", messages=[])
+
+
+def test_upstream_failure_is_a_clear_error_and_not_cached(stack: Stack) -> None:
+    client = stack.client()
+    messages = [{"role": "user", "content": f"failing {uuid.uuid4()}"}]
+    stack.upstream_mode(mode="error", status=500)
+    try:
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="fake", messages=messages)
+        assert failed.value.status_code == 502
+    finally:
+        stack.upstream_mode(mode="ok")
+    answer = client.chat.completions.with_raw_response.create(model="fake", messages=messages)
+    assert answer.headers["x-cache"] == "MISS"
+
+
+def test_serve_with_no_redis_configured_uses_the_embedded_server(tmp_path: Path) -> None:
+    """The README's first command on a fresh machine: no REDIS_URL, no redis.url, no key."""
+    repo_config = Path(__file__).resolve().parents[2] / "config.yaml"
+    port = free_port()
+    env = child_env()
+    env.pop("OPENAI_API_KEY", None)
+    server = spawn(
+        ["-m", "proxy", "serve", "--config", str(repo_config), "--port", str(port)],
+        env,
+        tmp_path,
+        tmp_path / "log",
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo-key", max_retries=0)
+        messages = [{"role": "user", "content": "hello from a fresh machine"}]
+        first = client.chat.completions.with_raw_response.create(model="demo", messages=messages)
+        second = client.chat.completions.with_raw_response.create(model="demo", messages=messages)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    finally:
+        stop(server)
+    assert (tmp_path / ".llm-cache-proxy" / "redis.db").exists() or (tmp_path / ".llm-cache-proxy").is_dir()
+    assert "Traceback" not in (tmp_path / "log").read_text()

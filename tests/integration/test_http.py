@@ -1,0 +1,91 @@
+"""HTTP surface: auth, routing, body limits and bad input all answer in the OpenAI shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import auth
+
+pytestmark = pytest.mark.anyio
+CHAT = "/v1/chat/completions"
+
+
+def assert_error(response: Any, status: int, code: str | None = None, param: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+
+
+async def test_auth_required(make_client: Any) -> None:
+    client = await make_client()
+    assert_error(await client.post(CHAT, json={}), 401, "invalid_api_key")
+    assert_error(
+        await client.post(CHAT, json={}, headers={"Authorization": "Bearer sk-nope-nope"}),
+        401,
+        "invalid_api_key",
+    )
+    assert_error(await client.get("/v1/models"), 401)
+
+
+async def test_bad_bodies(make_client: Any) -> None:
+    client = await make_client()
+    assert_error(await client.post(CHAT, content=b"{nope", headers=auth()), 400, "invalid_json")
+    assert_error(await client.post(CHAT, json={"messages": []}, headers=auth()), 400, param="model")
+    assert_error(await client.post(CHAT, json={"model": "demo"}, headers=auth()), 400, param="messages")
+    assert_error(
+        await client.post(
+            CHAT, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}, headers=auth()
+        ),
+        404,
+        "model_not_found",
+        "model",
+    )
+    assert_error(
+        await client.post(
+            CHAT,
+            json={"model": "demo", "messages": [{"role": "user", "content": "x"}], "temperature": "warm"},
+            headers=auth(),
+        ),
+        400,
+        param="temperature",
+    )
+
+
+async def test_body_size_limit(make_client: Any) -> None:
+    client = await make_client(server={"max_body_bytes": 2048})
+    big = {"model": "demo", "messages": [{"role": "user", "content": "x" * 4000}]}
+    assert_error(await client.post(CHAT, json=big, headers=auth()), 413, "request_too_large")
+
+    async def chunked() -> Any:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    assert_error(await client.post(CHAT, content=chunked(), headers=auth()), 413, "request_too_large")
+
+
+async def test_routing_errors(make_client: Any) -> None:
+    client = await make_client()
+    assert_error(await client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(await client.get(CHAT, headers=auth()), 405, "method_not_allowed")
+
+
+async def test_models_list(make_client: Any) -> None:
+    client = await make_client()
+    listing = (await client.get("/v1/models", headers=auth())).json()
+    assert listing["object"] == "list"
+    assert [m["id"] for m in listing["data"]] == ["demo", "gpt-4o-mini"]
+    assert (await client.get("/v1/models/demo", headers=auth())).json()["id"] == "demo"
+    assert_error(await client.get("/v1/models/nope", headers=auth()), 404, "model_not_found")
+
+
+async def test_health_and_readiness(make_client: Any) -> None:
+    client = await make_client()
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json()["redis"] == "ok"

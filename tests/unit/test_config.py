@@ -1,0 +1,119 @@
+"""config.yaml contract: valid files load; each kind of mistake is one clear line."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import load_config, parse_config
+from proxy.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    return {
+        "models": [{"name": "m", "litellm_model": "openai/gpt-4o-mini"}],
+        "tenants": [{"name": "acme", "api_keys": ["sk-acme-123456"]}],
+        **extra,
+    }
+
+
+def error_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env or {})
+    return str(info.value)
+
+
+def test_example_config_in_repo_loads_with_no_environment() -> None:
+    config = load_config(REPO / "config.yaml", {})
+    assert {m.name for m in config.models} >= {"demo"}
+    assert config.redis.url is None
+    assert config.cache.ttl_seconds == 3600
+
+
+def test_env_expansion_and_default() -> None:
+    raw = minimal()
+    raw["tenants"][0]["api_keys"] = ["${ACME_KEY}", "${OTHER:-sk-fallback-1}"]
+    config = parse_config(raw, {"ACME_KEY": "sk-from-env-1"})
+    assert config.tenants[0].api_keys == ("sk-from-env-1", "sk-fallback-1")
+
+
+def test_missing_env_var_names_the_field() -> None:
+    raw = minimal()
+    raw["models"][0]["api_key"] = "${OPENAI_API_KEY}"
+    assert error_of(raw) == "config: models[0].api_key: environment variable OPENAI_API_KEY is not set"
+
+
+def test_unknown_key() -> None:
+    assert error_of(minimal(cache={"ttl": 5})) == "config: cache.ttl: unknown key"
+
+
+def test_wrong_type() -> None:
+    assert "cache.ttl_seconds" in error_of(minimal(cache={"ttl_seconds": "soon"}))
+
+
+def test_no_models() -> None:
+    assert "models" in error_of({**minimal(), "models": []})
+
+
+def test_duplicate_tenant_key() -> None:
+    raw = minimal()
+    raw["tenants"].append({"name": "globex", "api_keys": ["sk-acme-123456"]})
+    assert "reuses an API key of tenant 'acme'" in error_of(raw)
+
+
+def test_duplicate_model_name() -> None:
+    raw = minimal()
+    raw["models"].append({"name": "m", "litellm_model": "openai/gpt-4o"})
+    assert "duplicate model name 'm'" in error_of(raw)
+
+
+def test_sha256_keys_match_plaintext() -> None:
+    digest = hashlib.sha256(b"sk-acme-123456").hexdigest()
+    raw = minimal()
+    raw["tenants"][0]["api_keys"] = [f"sha256:{digest}"]
+    config = parse_config(raw, {})
+    assert config.tenant_by_key[hashlib.sha256(b"sk-acme-123456").digest()].name == "acme"
+
+
+def test_bad_sha256_key() -> None:
+    raw = minimal()
+    raw["tenants"][0]["api_keys"] = ["sha256:xyz"]
+    assert "64 lowercase hex" in error_of(raw)
+
+
+def test_bad_redis_scheme() -> None:
+    assert "redis.url" in error_of(minimal(redis={"url": "http://x"}))
+
+
+def test_limits_on_unknown_model() -> None:
+    raw = minimal()
+    raw["tenants"][0]["limits"] = {"models": {"gpt-9": {"requests_per_minute": 1}}}
+    assert "unknown model 'gpt-9'" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "limits, needle",
+    [
+        ({"requests_per_minute": -1}, "requests_per_minute"),
+        ({"requests_per_minute": 10, "burst_requests": 0}, "burst_requests"),
+        ({"burst_tokens": 5}, "burst_tokens needs tokens_per_minute"),
+    ],
+)
+def test_invalid_limits(limits: dict[str, Any], needle: str) -> None:
+    raw = minimal()
+    raw["tenants"][0]["limits"] = limits
+    assert needle in error_of(raw)
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, {})
