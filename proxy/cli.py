@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})",
         flush=True,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler that was
+    # installed before it ran: make that an orderly exit so the embedded Redis is stopped.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(
             "proxy.app:app_from_environ",
@@ -70,6 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _safe_url(url: str) -> str:
