@@ -58,6 +58,7 @@ async def chat_completions(request: Request) -> Response:
     meta = RequestMeta(
         cache_control=request.headers.get("cache-control"),
         cache_ttl=request.headers.get("x-cache-ttl"),
+        end_user=request.headers.get("x-end-user"),
     )
     return to_response(await runtime.chat.chat(tenant, raw, meta))
 

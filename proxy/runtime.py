@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from proxy.cache import CacheStore
 from proxy.config import Config
+from proxy.ratelimit import RateLimiter
 from proxy.redis_conn import RedisGate, connect
 from proxy.service import ChatService
 from proxy.upstream import Upstreams, preload
@@ -27,6 +28,7 @@ class Runtime:
     redis: aioredis.Redis
     gate: RedisGate
     chat: ChatService
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
@@ -34,7 +36,8 @@ class Runtime:
         gate = RedisGate(client, config.redis.retry_after_ms, config.redis.timeout_ms)
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
-        return cls(config, client, gate, ChatService(config, cache, upstreams))
+        limiter = RateLimiter(gate, config)
+        return cls(config, client, gate, ChatService(config, cache, upstreams, limiter), limiter)
 
     async def start(self) -> None:
         if not await self.gate.ping():
@@ -44,4 +47,5 @@ class Runtime:
             asyncio.get_running_loop().run_in_executor(None, preload)
 
     async def close(self) -> None:
+        await self.limiter.drain()
         await self.redis.aclose()

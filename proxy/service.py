@@ -18,7 +18,9 @@ from proxy.cache import CacheStore, Entry
 from proxy.config import Config, ModelConfig, TenantConfig
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, StoreUnavailable, UpstreamError
 from proxy.keys import cache_key, chat_digest
+from proxy.ratelimit import RateLimiter, Reservation
 from proxy.sse import DONE, StreamAssembler, event, replay_chunks
+from proxy.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
 from proxy.upstream import Upstreams
 from proxy.validation import check_chat_request, parse_json_object
 
@@ -34,6 +36,7 @@ class RequestMeta:
 
     cache_control: str | None = None
     cache_ttl: str | None = None
+    end_user: str | None = None
 
 
 @dataclass(slots=True)
@@ -89,13 +92,16 @@ class _Call:
     stream: bool
     include_usage: bool
     headers: dict[str, str] = field(default_factory=dict)
+    reservation: Reservation | None = None
+    prompt_estimate: int = 0
 
 
 class ChatService:
-    def __init__(self, config: Config, cache: CacheStore, upstreams: Upstreams) -> None:
+    def __init__(self, config: Config, cache: CacheStore, upstreams: Upstreams, limiter: RateLimiter) -> None:
         self.config = config
         self.cache = cache
         self.upstreams = upstreams
+        self.limiter = limiter
 
     def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta) -> _Call:
         body = parse_json_object(raw)
@@ -131,11 +137,36 @@ class ChatService:
             except StoreUnavailable:
                 entry = None
             if entry is not None:
+                if tenant.limit_cache_hits:
+                    await self._limit(call, meta, entry.prompt_tokens + entry.completion_tokens)
                 return self._hit(call, entry)
         call.headers["X-Cache"] = status
+        await self._limit(call, meta, None)
         if call.stream:
             return await self._stream_miss(call)
         return await self._miss(call)
+
+    async def _limit(self, call: _Call, meta: RequestMeta, known_tokens: int | None) -> None:
+        """Reserve from the tenant's buckets (raises RateLimited); hits pass `known_tokens`."""
+        end_user = meta.end_user or call.body.get("user")
+        buckets = self.limiter.plan(
+            call.tenant, call.model.name, end_user if isinstance(end_user, str) else None
+        )
+        if not buckets:
+            return
+        tokens = known_tokens
+        if tokens is None:
+            tokens = 0
+            if any(b.kind == "tokens" for b in buckets):
+                call.prompt_estimate = prompt_tokens(call.body, call.model)
+                tokens = call.prompt_estimate + completion_allowance(
+                    call.body, self.config.rate_limit.default_max_tokens
+                )
+        reservation = await self.limiter.acquire(buckets, tokens)
+        if reservation is not None:
+            call.headers.update(reservation.headers())
+            if known_tokens is None:
+                call.reservation = reservation
 
     def _hit(self, call: _Call, entry: Entry) -> Reply:
         call.headers["X-Cache"] = "HIT"
@@ -148,7 +179,12 @@ class ChatService:
 
     async def _miss(self, call: _Call) -> Reply:
         upstream = self.upstreams.for_model(call.model)
-        response = await upstream.complete(call.model, call.body)
+        try:
+            response = await upstream.complete(call.model, call.body)
+        except BaseException:
+            self.limiter.settle(call.reservation, 0)
+            raise
+        self.limiter.settle(call.reservation, _total_tokens(response.get("usage")))
         body = orjson.dumps(response)
         choices = response.get("choices") or []
         if choices and all(c.get("finish_reason") for c in choices):
@@ -157,11 +193,15 @@ class ChatService:
 
     async def _stream_miss(self, call: _Call) -> Reply:
         upstream = self.upstreams.for_model(call.model)
-        chunks = await upstream.stream(call.model, call.body)
         try:
+            chunks = await upstream.stream(call.model, call.body)
             first = await anext(chunks)
         except StopAsyncIteration:
+            self.limiter.settle(call.reservation, 0)
             raise UpstreamError("The upstream provider ended the stream without an answer.") from None
+        except BaseException:
+            self.limiter.settle(call.reservation, 0)
+            raise
         return Reply(200, call.headers, stream=self._relay(call, first, chunks), media_type=SSE)
 
     async def _relay(
@@ -187,9 +227,24 @@ class ChatService:
             log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
             yield event(exc.body())
         finally:
+            self.limiter.settle(call.reservation, self._streamed_tokens(call, assembler))
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
                 await closer()
+
+    def _streamed_tokens(self, call: _Call, assembler: StreamAssembler) -> int:
+        """Real usage when the stream got that far, else prompt estimate + text received."""
+        if assembler.usage:
+            return _total_tokens(assembler.usage)
+        if call.reservation is None:
+            return 0
+        enc = encoding(encoding_name(call.model))
+        text = "".join(
+            str(c["message"].get(f) or "")
+            for c in assembler.response()["choices"]
+            for f in ("content", "reasoning_content")
+        )
+        return call.prompt_estimate + count_text(text, enc)
 
     async def _store(self, call: _Call, body: bytes, usage: dict[str, Any] | None) -> None:
         if not call.controls.store:
@@ -207,6 +262,11 @@ class ChatService:
             return
         if not stored:
             log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
+
+
+def _total_tokens(usage: dict[str, Any] | None) -> int:
+    usage = usage or {}
+    return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
 
 
 def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:

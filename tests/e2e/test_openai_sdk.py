@@ -3,104 +3,28 @@ and the official openai SDK as the client."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 import redis
-import yaml
 
-from tests.conftest import TENANT_KEYS
+from tests.e2e.stack import Stack, spawn, start_stack, stop, stop_stack
 from tests.servers import child_env, free_port, wait_for_http
 
 pytestmark = pytest.mark.e2e
-
-
-class Stack:
-    def __init__(self, proxy_port: int, upstream_port: int, prefix: str) -> None:
-        self.base_url = f"http://127.0.0.1:{proxy_port}/v1"
-        self.upstream = f"http://127.0.0.1:{upstream_port}"
-        self.prefix = prefix
-
-    def client(self, tenant: str = "acme", **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=TENANT_KEYS[tenant], max_retries=0, **kwargs)
-
-    def upstream_calls(self) -> int:
-        return int(httpx.get(f"{self.upstream}/_fake/stats").json()["requests"])
-
-    def upstream_mode(self, **mode: Any) -> None:
-        httpx.post(f"{self.upstream}/_fake/mode", json=mode).raise_for_status()
-
-
-def write_config(path: Path, upstream_port: int, prefix: str) -> None:
-    config = {
-        "redis": {"key_prefix": prefix},
-        "models": [
-            {
-                "name": "fake",
-                "litellm_model": "openai/fake-model",
-                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
-                "api_key": "sk-fake-upstream-key",
-            },
-            {"name": "demo", "litellm_model": "demo/echo"},
-        ],
-        "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
-    }
-    path.write_text(yaml.safe_dump(config))
-
-
-def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_sync: redis.Redis
 ) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("e2e")
-    proxy_port, upstream_port = free_port(), free_port()
-    prefix = f"llmcpe2e{uuid.uuid4().hex[:8]}"
-    write_config(work / "config.yaml", upstream_port, prefix)
-    env = child_env(REDIS_URL=redis_url)
-    upstream = spawn(
-        ["-m", "proxy.fake_upstream", "--port", str(upstream_port)], env, work, work / "upstream.log"
-    )
-    server = spawn(
-        ["-m", "proxy", "serve", "--config", "config.yaml", "--port", str(proxy_port)],
-        env,
-        work,
-        work / "proxy.log",
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{upstream_port}/_fake/stats")
-        wait_for_http(f"http://127.0.0.1:{proxy_port}/readyz")
-        yield Stack(proxy_port, upstream_port, prefix)
-    finally:
-        stop(server, upstream)
-        keys = list(redis_sync.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            redis_sync.unlink(*keys)
-    log = (work / "proxy.log").read_text()
-    assert "Traceback" not in log, log
+    stack = start_stack(tmp_path_factory.mktemp("e2e"), redis_url)
+    yield stack
+    stop_stack(stack, redis_sync)
 
 
 def test_non_stream_miss_then_hit(stack: Stack) -> None:

@@ -1,0 +1,129 @@
+"""Real processes for end-to-end tests: the proxy (`python -m proxy serve`) and the fake
+provider (`python -m proxy.fake_upstream`), on loopback ports, sharing the test Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import redis
+import yaml
+
+from tests.conftest import TENANT_KEYS
+from tests.servers import child_env, free_port, wait_for_http
+
+
+@dataclass
+class Stack:
+    proxy_port: int
+    upstream_port: int
+    prefix: str
+    work: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}/v1"
+
+    @property
+    def upstream(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def client(self, tenant: str = "acme", **kwargs: Any) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.base_url, api_key=TENANT_KEYS[tenant], **kwargs)
+
+    def upstream_calls(self) -> int:
+        return int(httpx.get(f"{self.upstream}/_fake/stats").json()["requests"])
+
+    def upstream_mode(self, **mode: Any) -> None:
+        httpx.post(f"{self.upstream}/_fake/mode", json=mode).raise_for_status()
+
+
+def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -> None:
+    config: dict[str, Any] = {
+        "redis": {"key_prefix": prefix},
+        "models": [
+            {
+                "name": "fake",
+                "litellm_model": "openai/fake-model",
+                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key": "sk-fake-upstream-key",
+            },
+            {"name": "demo", "litellm_model": "demo/echo"},
+        ],
+        "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def start_stack(work: Path, redis_url: str, workers: int = 1, **sections: Any) -> Stack:
+    stack = Stack(free_port(), free_port(), f"llmcpe2e{uuid.uuid4().hex[:8]}", work)
+    write_config(work / "config.yaml", stack.upstream_port, stack.prefix, **sections)
+    env = child_env(REDIS_URL=redis_url)
+    stack.procs.append(
+        spawn(
+            ["-m", "proxy.fake_upstream", "--port", str(stack.upstream_port)],
+            env,
+            work,
+            work / "upstream.log",
+        )
+    )
+    stack.procs.append(
+        spawn(
+            [
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                "config.yaml",
+                "--port",
+                str(stack.proxy_port),
+                "--workers",
+                str(workers),
+            ],
+            env,
+            work,
+            work / "proxy.log",
+        )
+    )
+    try:
+        wait_for_http(f"{stack.upstream}/_fake/stats")
+        wait_for_http(f"http://127.0.0.1:{stack.proxy_port}/readyz")
+    except BaseException:
+        stop(*stack.procs)
+        raise
+    return stack
+
+
+def stop_stack(stack: Stack, redis_sync: redis.Redis) -> None:
+    stop(*reversed(stack.procs))
+    keys = list(redis_sync.scan_iter(match=f"{stack.prefix}:*"))
+    if keys:
+        redis_sync.unlink(*keys)
+    log = (stack.work / "proxy.log").read_text()
+    assert "Traceback" not in log, log
