@@ -22,6 +22,7 @@ from proxy.config import Config, load_config
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.routes import router
 from proxy.runtime import Runtime
+from proxy.stats_routes import router as stats_router
 from proxy.upstream import Upstreams
 
 log = logging.getLogger("llmcp")
@@ -81,6 +82,7 @@ def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = Non
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(router)
+    app.include_router(stats_router)
     return app
 
 

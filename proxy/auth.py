@@ -11,7 +11,7 @@ import hashlib
 import hmac
 
 from proxy.config import Config, TenantConfig
-from proxy.errors import AuthenticationFailed
+from proxy.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -47,3 +47,25 @@ def is_admin(config: Config, authorization: str | None) -> bool:
     for candidate in config.admin.key_digests:
         found |= hmac.compare_digest(digest, candidate)
     return found
+
+
+def require_admin(config: Config, authorization: str | None) -> None:
+    """401 without a valid key, 403 for a tenant key."""
+    if is_admin(config, authorization):
+        return
+    authenticate_tenant(config, authorization)
+    raise PermissionDenied("This endpoint needs an admin key.")
+
+
+def visible_tenants(config: Config, authorization: str | None, wanted: str | None) -> tuple[list[str], bool]:
+    """The tenants this key may see (all for admins, its own otherwise) and whether it is admin."""
+    if is_admin(config, authorization):
+        if wanted is None:
+            return [t.name for t in config.tenants], True
+        if wanted not in config.tenant_index:
+            raise RouteNotFound(f"No tenant named {wanted!r}.")
+        return [wanted], True
+    tenant = authenticate_tenant(config, authorization)
+    if wanted is not None and wanted != tenant.name:
+        raise PermissionDenied("A tenant key can only see its own tenant.")
+    return [tenant.name], False

@@ -1,13 +1,15 @@
 """The response cache over Redis: one GET per lookup, one SET with a TTL per store.
 
-A stored value is an 18-byte header followed by the response JSON (zlib-compressed when
-it is large), so a non-stream hit is served without parsing the answer:
+A stored value is a 19-byte header, the model name, then the response JSON
+(zlib-compressed when it is large), so a non-stream hit is served without parsing it:
 
     !B  magic/version (1)
     !B  flags (bit 0: body is zlib-compressed)
     !Q  stored_at, unix milliseconds (for the Age header)
     !I  prompt_tokens    } the answer's usage, so hits can count the tokens they saved
     !I  completion_tokens}    without decoding the body
+    !B  length of the model name, then the name (UTF-8): the configured model, so purge
+        and inspect can filter by model reading only the header (GETRANGE)
     ... body: an OpenAI `chat.completion` JSON object
 """
 
@@ -20,10 +22,20 @@ from dataclasses import dataclass
 
 from proxy.redis_conn import RedisGate
 
-_HEADER = struct.Struct("!BBQII")
+_HEADER = struct.Struct("!BBQIIB")
+HEADER_MAX = _HEADER.size + 255
 _MAGIC = 1
 _ZLIB = 1
 _U32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    model: str
+    stored_at_ms: int
+    prompt_tokens: int
+    completion_tokens: int
+    compressed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,7 @@ class Entry:
     stored_at_ms: int
     prompt_tokens: int
     completion_tokens: int
+    model: str = ""
 
     def age_seconds(self, now_ms: int | None = None) -> int:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -39,31 +52,50 @@ class Entry:
 
 
 def encode_entry(
-    body: bytes, prompt_tokens: int, completion_tokens: int, compress_min_bytes: int, now_ms: int
+    body: bytes,
+    prompt_tokens: int,
+    completion_tokens: int,
+    compress_min_bytes: int,
+    now_ms: int,
+    model: str = "",
 ) -> bytes:
     flags = 0
     if len(body) >= compress_min_bytes:
         packed = zlib.compress(body, 6)
         if len(packed) < len(body):
             body, flags = packed, _ZLIB
-    header = _HEADER.pack(_MAGIC, flags, now_ms, min(prompt_tokens, _U32), min(completion_tokens, _U32))
-    return header + body
+    name = model.encode()[:255]
+    header = _HEADER.pack(
+        _MAGIC, flags, now_ms, min(prompt_tokens, _U32), min(completion_tokens, _U32), len(name)
+    )
+    return header + name + body
+
+
+def decode_meta(raw: bytes) -> tuple[EntryMeta, int] | None:
+    """The header alone (works on a GETRANGE prefix), and where the body starts."""
+    if len(raw) < _HEADER.size:
+        return None
+    magic, flags, stored_at, prompt, completion, name_len = _HEADER.unpack_from(raw)
+    start = _HEADER.size + name_len
+    if magic != _MAGIC or len(raw) < start:
+        return None
+    model = raw[_HEADER.size : start].decode(errors="replace")
+    return EntryMeta(model, stored_at, prompt, completion, bool(flags & _ZLIB)), start
 
 
 def decode_entry(raw: bytes) -> Entry | None:
     """The entry, or None for a value this version cannot read (treated as a miss)."""
-    if len(raw) < _HEADER.size:
+    decoded = decode_meta(raw)
+    if decoded is None:
         return None
-    magic, flags, stored_at, prompt, completion = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
-        return None
-    body = raw[_HEADER.size :]
-    if flags & _ZLIB:
+    meta, start = decoded
+    body = raw[start:]
+    if meta.compressed:
         try:
             body = zlib.decompress(body)
         except zlib.error:
             return None
-    return Entry(body, stored_at, prompt, completion)
+    return Entry(body, meta.stored_at_ms, meta.prompt_tokens, meta.completion_tokens, meta.model)
 
 
 class CacheStore:
@@ -81,13 +113,18 @@ class CacheStore:
         return decode_entry(raw) if isinstance(raw, bytes) else None
 
     async def put(
-        self, key: str, body: bytes, prompt_tokens: int, completion_tokens: int, ttl_seconds: int
+        self,
+        key: str,
+        body: bytes,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttl_seconds: int,
+        model: str = "",
     ) -> bool:
         """Store a complete answer; False (nothing written) when it is over the size cap."""
         if len(body) > self.max_entry_bytes:
             return False
-        value = encode_entry(
-            body, prompt_tokens, completion_tokens, self._compress_min, int(time.time() * 1000)
-        )
+        now_ms = int(time.time() * 1000)
+        value = encode_entry(body, prompt_tokens, completion_tokens, self._compress_min, now_ms, model)
         await self._gate.run(lambda r: r.set(key, value, ex=ttl_seconds))
         return True

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from proxy import __version__
 from proxy.config import Config, load_config
@@ -51,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The workers build their app from these (uvicorn needs an import string for workers > 1).
     os.environ["LLMCP_CONFIG"] = str(Path(_config_path(args.config)).resolve())
     os.environ["REDIS_URL"] = url
+    _warn_demo_keys(config, host)
     where = "embedded Redis" if embedded else "Redis"
     print(
         f"llm-cache-proxy {__version__}: OpenAI base_url http://{host}:{port}/v1 "
@@ -74,6 +76,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+_DEMO_KEYS = ("sk-demo-key", "sk-admin-demo-key")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _warn_demo_keys(config: Config, host: str) -> None:
+    """The example config's keys are public: say so loudly if they face a network."""
+    from proxy.config import key_digest
+
+    demo = {key_digest(k) for k in _DEMO_KEYS}
+    used = set(config.admin.key_digests) | set(config.tenant_by_key)
+    if host not in _LOOPBACK and demo & used:
+        print(
+            "llm-cache-proxy: WARNING: the example's demo keys are configured and the proxy "
+            f"listens on {host}; set LLMCP_DEMO_KEY / LLMCP_ADMIN_KEY or edit the config.",
+            file=sys.stderr,
+        )
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
@@ -119,6 +139,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tool(name: str) -> Any:
+    """Run a cli_tools command with the loaded config (imported only when used)."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = _load(args.config)
+        if config is None:
+            return 1
+        from proxy import cli_tools
+
+        return int(getattr(cli_tools, name)(config, args))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-cache-proxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -134,6 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the config and print a summary")
     check.add_argument("--config")
     check.set_defaults(func=cmd_check_config)
+
+    stats = sub.add_parser("stats", help="print hit ratios, tokens and money saved, from Redis")
+    stats.add_argument("--config")
+    stats.add_argument("--tenant", help="only this tenant")
+    stats.add_argument(
+        "--window",
+        choices=["1h", "24h", "7d", "all"],
+        default="7d",
+        help="window of the per-tenant/model table (default 7d)",
+    )
+    stats.add_argument("--json", action="store_true", help="the same report as GET /stats")
+    stats.set_defaults(func=_tool("cmd_stats"))
+
+    purge = sub.add_parser("purge", help="delete cached answers (SCAN + UNLINK)")
+    purge.add_argument("--config")
+    purge.add_argument("--tenant", help="purge this tenant's entries")
+    purge.add_argument("--model", help="only entries of this model")
+    purge.add_argument("--all", action="store_true", help="every tenant's entries (and shared)")
+    purge.set_defaults(func=_tool("cmd_purge"))
+
+    inspect = sub.add_parser("inspect", help="show a cached entry's metadata")
+    inspect.add_argument("digest", help="the X-Cache-Key digest (or the whole key)")
+    inspect.add_argument("--config")
+    inspect.add_argument("--tenant", help="look only in this tenant")
+    inspect.add_argument("--show-answer", action="store_true", help="also print the cached answer")
+    inspect.set_defaults(func=_tool("cmd_inspect"))
     return parser
 
 

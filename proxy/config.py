@@ -77,12 +77,15 @@ class UpstreamConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(pattern=r"^[^\s]{1,128}$")
+    name: str = Field(pattern=r"^[^\s|{}]{1,128}$")
     litellm_model: str = Field(min_length=1)
     api_base: str | None = None
     api_key: str | None = Field(None, repr=False)
     cache_ttl_seconds: int | None = Field(None, ge=1)
     timeout_seconds: float | None = Field(None, gt=0)
+    # USD per token, for "money saved"; taken from litellm's bundled cost map if unset.
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
     tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
 
@@ -144,6 +147,14 @@ class RateLimitConfig(_Strict):
     default_max_tokens: int = Field(1024, ge=1)
 
 
+class StatsConfig(_Strict):
+    # Counters are summed in each process and written to Redis in one pipeline this often,
+    # so recording a request costs no Redis round trip.
+    flush_interval_ms: int = Field(1000, ge=10, le=60_000)
+    events_max: int = Field(10_000, ge=0)  # event stream cap (XADD MAXLEN ~); 0 = no events
+    events_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+
 class AdminConfig(_Strict):
     api_keys: tuple[str, ...] = ()
 
@@ -159,6 +170,7 @@ class Config(_Strict):
     upstream: UpstreamConfig = UpstreamConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
     admin: AdminConfig = AdminConfig()
+    stats: StatsConfig = StatsConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 

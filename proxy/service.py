@@ -20,6 +20,7 @@ from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, StoreUnavail
 from proxy.keys import cache_key, chat_digest
 from proxy.ratelimit import RateLimiter, Reservation
 from proxy.sse import DONE, StreamAssembler, event, replay_chunks
+from proxy.stats import RequestRecord
 from proxy.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
 from proxy.upstream import Upstreams
 from proxy.validation import check_chat_request, parse_json_object
@@ -92,6 +93,7 @@ class _Call:
     stream: bool
     include_usage: bool
     headers: dict[str, str] = field(default_factory=dict)
+    record: RequestRecord = field(default_factory=RequestRecord)
     reservation: Reservation | None = None
     prompt_estimate: int = 0
 
@@ -103,10 +105,13 @@ class ChatService:
         self.upstreams = upstreams
         self.limiter = limiter
 
-    def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta) -> _Call:
+    def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta, record: RequestRecord) -> _Call:
         body = parse_json_object(raw)
+        name = body.get("model")
+        model = self.config.model_index.get(name) if isinstance(name, str) else None
+        if model is not None:
+            record.model = model.name  # so a bad request is counted against its model
         check_chat_request(body)
-        model = self.config.model_index.get(body["model"])
         if model is None:
             raise ModelNotFound(
                 f"The model '{body['model']}' does not exist or you do not have access to it.",
@@ -116,7 +121,9 @@ class ChatService:
         namespace = tenant.name if self.config.cache.scope == "tenant" else "shared"
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
+        record.digest = digest
         return _Call(
+            record=record,
             tenant=tenant,
             model=model,
             body=body,
@@ -127,8 +134,11 @@ class ChatService:
             headers={"X-Cache-Key": digest},
         )
 
-    async def chat(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta) -> Reply:
-        call = self._resolve(tenant, raw, meta)
+    async def chat(
+        self, tenant: TenantConfig, raw: bytes, meta: RequestMeta, record: RequestRecord | None = None
+    ) -> Reply:
+        """Answer one chat request; `record` is filled in with what happened, for stats."""
+        call = self._resolve(tenant, raw, meta, record or RequestRecord(tenant=tenant.name))
         status = "BYPASS"
         if call.controls.lookup:
             try:
@@ -136,6 +146,7 @@ class ChatService:
                 status = "MISS"
             except StoreUnavailable:
                 entry = None
+                call.record.redis_error = True
             if entry is not None:
                 if tenant.limit_cache_hits:
                     await self._limit(call, meta, entry.prompt_tokens + entry.completion_tokens)
@@ -163,13 +174,18 @@ class ChatService:
                     call.body, self.config.rate_limit.default_max_tokens
                 )
         reservation = await self.limiter.acquire(buckets, tokens)
-        if reservation is not None:
+        if reservation is None:
+            call.record.limiter_error = True
+        else:
             call.headers.update(reservation.headers())
             if known_tokens is None:
                 call.reservation = reservation
 
     def _hit(self, call: _Call, entry: Entry) -> Reply:
         call.headers["X-Cache"] = "HIT"
+        call.record.cache = "HIT"
+        call.record.prompt_tokens = entry.prompt_tokens
+        call.record.completion_tokens = entry.completion_tokens
         call.headers["Age"] = str(entry.age_seconds())
         if not call.stream:
             return Reply(200, call.headers, entry.body)
@@ -184,7 +200,11 @@ class ChatService:
         except BaseException:
             self.limiter.settle(call.reservation, 0)
             raise
-        self.limiter.settle(call.reservation, _total_tokens(response.get("usage")))
+        usage = response.get("usage") or {}
+        call.record.cache = call.headers["X-Cache"]  # counted once the upstream answered
+        call.record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        call.record.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.limiter.settle(call.reservation, _total_tokens(usage))
         body = orjson.dumps(response)
         choices = response.get("choices") or []
         if choices and all(c.get("finish_reason") for c in choices):
@@ -202,6 +222,7 @@ class ChatService:
         except BaseException:
             self.limiter.settle(call.reservation, 0)
             raise
+        call.record.cache = call.headers["X-Cache"]
         return Reply(200, call.headers, stream=self._relay(call, first, chunks), media_type=SSE)
 
     async def _relay(
@@ -225,8 +246,12 @@ class ChatService:
             yield DONE
         except ProxyError as exc:
             log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
+            call.record.error = "upstream"
             yield event(exc.body())
         finally:
+            if assembler.usage:
+                call.record.prompt_tokens = int(assembler.usage.get("prompt_tokens") or 0)
+                call.record.completion_tokens = int(assembler.usage.get("completion_tokens") or 0)
             self.limiter.settle(call.reservation, self._streamed_tokens(call, assembler))
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
@@ -257,6 +282,7 @@ class ChatService:
                 int(usage.get("prompt_tokens") or 0),
                 int(usage.get("completion_tokens") or 0),
                 call.controls.ttl,
+                call.model.name,
             )
         except StoreUnavailable:
             return

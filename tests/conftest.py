@@ -23,6 +23,7 @@ from proxy.upstream import Upstreams
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 TENANT_KEYS = {"acme": "sk-acme-test-key", "globex": "sk-globex-test-key"}
+ADMIN_KEY = "sk-admin-test-key"
 UPSTREAM_BASE = "http://upstream.test/v1"
 
 
@@ -59,6 +60,19 @@ def own_keys(client: redis.Redis, prefix: str) -> list[bytes]:
     return list(client.scan_iter(match=f"{prefix}:*", count=1000))
 
 
+def cache_keys(client: redis.Redis, prefix: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"{prefix}:v1:*:chat:*", count=1000))
+
+
+# Keys without a TTL by design, each justified in docs/keyspace.md.
+NO_TTL_BY_DESIGN = (b":stats:all",)
+
+
+def keys_without_ttl(client: redis.Redis, prefix: str) -> list[bytes]:
+    """Every key under the prefix with no TTL, except the documented exceptions."""
+    return [k for k in own_keys(client, prefix) if client.ttl(k) < 0 and not k.endswith(NO_TTL_BY_DESIGN)]
+
+
 def build_config(key_prefix: str, **overrides: Any) -> Config:
     """A config with two tenants, a demo model and a respx-mocked OpenAI model."""
     raw: dict[str, Any] = {
@@ -73,6 +87,7 @@ def build_config(key_prefix: str, **overrides: Any) -> Config:
             },
         ],
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
+        "admin": {"api_keys": [ADMIN_KEY]},
     }
     for section, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(section), dict):
@@ -83,7 +98,8 @@ def build_config(key_prefix: str, **overrides: Any) -> Config:
 
 
 def auth(tenant: str = "acme") -> dict[str, str]:
-    return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+    key = ADMIN_KEY if tenant == "admin" else TENANT_KEYS[tenant]
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import redis
 import respx
 
-from tests.conftest import UPSTREAM_BASE, auth, openai_completion, openai_sse, own_keys
+from tests.conftest import UPSTREAM_BASE, auth, cache_keys, keys_without_ttl, openai_completion, openai_sse
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -186,7 +186,7 @@ async def test_upstream_failures_map_to_clear_errors_and_are_not_cached(
     assert error["code"] == code
     if status == 429:
         assert response.headers["retry-after"] == "7"
-    assert own_keys(redis_sync, key_prefix) == []
+    assert cache_keys(redis_sync, key_prefix) == []
 
 
 async def test_cache_control_directives(
@@ -196,10 +196,10 @@ async def test_cache_control_directives(
     client = await make_client()
     no_store = await client.post(CHAT, json=body(), headers={**auth(), "Cache-Control": "no-store"})
     assert no_store.headers["x-cache"] == "MISS"
-    assert own_keys(redis_sync, key_prefix) == []
+    assert cache_keys(redis_sync, key_prefix) == []
     no_cache = await client.post(CHAT, json=body(), headers={**auth(), "Cache-Control": "no-cache"})
     assert no_cache.headers["x-cache"] == "BYPASS"
-    assert len(own_keys(redis_sync, key_prefix)) == 1  # fetched fresh and stored
+    assert len(cache_keys(redis_sync, key_prefix)) == 1  # fetched fresh and stored
     hit = await client.post(CHAT, json=body(), headers=auth())
     assert hit.headers["x-cache"] == "HIT"
     both = await client.post(CHAT, json=body(), headers={**auth(), "Cache-Control": "no-cache, no-store"})
@@ -268,7 +268,7 @@ async def test_shared_scope_shares_entries(
     other = await client.post(CHAT, json=body(), headers=auth("globex"))
     assert other.headers["x-cache"] == "HIT"
     assert route.call_count == 1
-    assert [k.decode().split(":")[2] for k in own_keys(redis_sync, key_prefix)] == ["shared"]
+    assert [k.decode().split(":")[2] for k in cache_keys(redis_sync, key_prefix)] == ["shared"]
 
 
 async def test_answers_over_the_size_cap_are_served_not_stored(
@@ -278,7 +278,7 @@ async def test_answers_over_the_size_cap_are_served_not_stored(
     client = await make_client(cache={"max_entry_bytes": 1024})
     response = await client.post(CHAT, json=body(), headers=auth())
     assert response.status_code == 200 and len(response.json()["choices"][0]["message"]["content"]) == 5000
-    assert own_keys(redis_sync, key_prefix) == []
+    assert cache_keys(redis_sync, key_prefix) == []
 
 
 async def test_every_key_written_has_a_ttl(
@@ -291,6 +291,5 @@ async def test_every_key_written_has_a_ttl(
         await client.post(
             CHAT, json={**body(f"s{i}"), "model": "demo", "stream": True}, headers=auth("globex")
         )
-    keys = own_keys(redis_sync, key_prefix)
-    assert len(keys) == 10
-    assert all(redis_sync.ttl(k) > 0 for k in keys)
+    assert len(cache_keys(redis_sync, key_prefix)) == 10
+    assert keys_without_ttl(redis_sync, key_prefix) == []

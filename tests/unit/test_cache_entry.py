@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from proxy.cache import decode_entry, encode_entry
+from proxy.cache import HEADER_MAX, decode_entry, decode_meta, encode_entry
 
 
 def test_round_trip_small_is_not_compressed() -> None:
-    raw = encode_entry(b'{"a":1}', 12, 34, compress_min_bytes=2048, now_ms=1_000_000)
+    raw = encode_entry(b'{"a":1}', 12, 34, compress_min_bytes=2048, now_ms=1_000_000, model="gpt")
     entry = decode_entry(raw)
     assert entry is not None
     assert (entry.body, entry.prompt_tokens, entry.completion_tokens, entry.stored_at_ms) == (
@@ -16,6 +16,9 @@ def test_round_trip_small_is_not_compressed() -> None:
         1_000_000,
     )
     assert raw.endswith(b'{"a":1}')
+    assert entry.model == "gpt"
+    meta = decode_meta(raw[:HEADER_MAX])
+    assert meta is not None and meta[0].model == "gpt" and meta[0].prompt_tokens == 12
 
 
 def test_large_body_is_compressed_to_under_half() -> None:
