@@ -12,7 +12,6 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from proxy import __version__
 from proxy.config import Config, load_config
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from proxy.fastpath import FastPath
+from proxy.responses import error_parts
 from proxy.routes import router
 from proxy.runtime import Runtime
 from proxy.stats_routes import router as stats_router
@@ -28,8 +29,9 @@ from proxy.upstream import Upstreams
 log = logging.getLogger("llmcp")
 
 
-def _render(exc: ProxyError) -> Response:
-    return Response(orjson.dumps(exc.body()), exc.status, exc.headers, media_type="application/json")
+def _render(exc: BaseException) -> Response:
+    status, headers, body = error_parts(exc)
+    return Response(body, status, headers, media_type="application/json")
 
 
 async def _on_proxy_error(_: Request, exc: Exception) -> Response:
@@ -53,12 +55,12 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> Response:
-    log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
-    return _render(ProxyError("The proxy hit an internal error. It has been logged."))
+    return _render(exc)
 
 
-def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = None) -> FastAPI:
-    """The proxy app; `upstreams` lets tests and benchmarks swap the provider side."""
+def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = None) -> FastPath:
+    """The proxy app: the raw ASGI chat endpoint in front of the FastAPI app for the rest;
+    `upstreams` lets tests and benchmarks swap the provider side."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,10 +85,10 @@ def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = Non
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(router)
     app.include_router(stats_router)
-    return app
+    return FastPath(app)
 
 
-def app_from_environ(environ: Mapping[str, str] | None = None) -> FastAPI:
+def app_from_environ(environ: Mapping[str, str] | None = None) -> FastPath:
     """uvicorn factory for `serve`: config from LLMCP_CONFIG, Redis from REDIS_URL.
 
     The CLI resolves both (starting the embedded Redis when needed) before it starts the

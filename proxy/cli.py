@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=workers,
             log_level=server.log_level,
+            access_log=server.log_level in ("debug", "info"),
             timeout_graceful_shutdown=30,
         )
     finally:

@@ -33,7 +33,7 @@ def with_redis(config: Config, work: Callable[[RedisGate], Awaitable[T]]) -> T:
     async def run() -> T:
         client = connect(url, config.redis)
         try:
-            return await work(RedisGate(client, retry_after_ms=0, op_timeout_ms=config.redis.timeout_ms * 8))
+            return await work(RedisGate(client, retry_after_ms=0))
         finally:
             await client.aclose()
 

@@ -124,9 +124,13 @@ class StatsRecorder:
         self._interval = config.stats.flush_interval_ms / 1000
         self._events_max = config.stats.events_max
         self._events_ttl = config.stats.events_ttl_seconds
+        self._per_flush = config.stats.events_per_flush
         # (tenant, unix minute, field) -> count
         self._counts: defaultdict[tuple[str, int, str], int] = defaultdict(int)
-        self._events: deque[dict[str, Any]] = deque(maxlen=max(self._events_max, 1))
+        # Newest events since the last flush: hits apart, so they cannot push out the rest.
+        self._events: deque[dict[str, Any]] = deque(maxlen=self._per_flush)
+        self._hit_events: deque[dict[str, Any]] = deque(maxlen=self._per_flush)
+        self._hits_seen = 0
         self._task: asyncio.Task[None] | None = None
 
     def record(self, rec: RequestRecord, now: float | None = None) -> None:
@@ -155,7 +159,9 @@ class StatsRecorder:
             counts[(tenant, minute, f"{model}|limiter_errors")] += 1
         if self._events_max:
             outcome = rec.cache or ("limited" if rec.limited else "error")
-            self._events.append(
+            if outcome == "HIT":
+                self._hits_seen += 1
+            (self._hit_events if outcome == "HIT" else self._events).append(
                 {
                     "ts": f"{now:.3f}",
                     "event": outcome.lower(),
@@ -170,11 +176,18 @@ class StatsRecorder:
 
     async def flush(self) -> None:
         """Write the pending sums and events in one pipeline; keep them if Redis fails."""
-        if not self._counts and not self._events:
+        if not self._counts and not self._events and not self._hit_events:
             return
         counts, self._counts = self._counts, defaultdict(int)
         events = list(self._events)
+        room = max(0, self._per_flush - len(events))
+        hits = list(self._hit_events)[-room:] if room else []
+        if self._hits_seen > len(hits):
+            counts[(PROXY_TENANT, int(time.time() // 60), "-|events_skipped")] += self._hits_seen - len(hits)
+        events = sorted(events + hits, key=lambda e: e["ts"])
         self._events.clear()
+        self._hit_events.clear()
+        self._hits_seen = 0
         try:
             await self._gate.run(lambda r: self._write(r, counts, events))
         except StoreUnavailable:

@@ -1,0 +1,148 @@
+"""POST /v1/chat/completions as a raw ASGI endpoint, in front of FastAPI.
+
+The chat endpoint is the product's hot path: a cache hit must cost little more than the
+Redis GET it needs. FastAPI's middleware, routing and dependency layers cost several
+times the rest of a hit, so this endpoint talks ASGI directly; every other route (and the
+lifespan that builds the Runtime) is the FastAPI app behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.auth import authenticate_tenant
+from proxy.errors import BodyTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.responses import error_parts
+from proxy.runtime import Runtime
+from proxy.service import Reply, RequestMeta
+from proxy.stats import RequestRecord, classify
+
+CHAT_PATH = "/v1/chat/completions"
+_WANTED = {b"authorization", b"content-length", b"cache-control", b"x-cache-ttl", b"x-end-user"}
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+Scope = dict[str, Any]
+
+
+class FastPath:
+    """The outermost ASGI app: chat completions here, everything else to `inner`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def state(self) -> Any:
+        return self.inner.state
+
+    @property
+    def router(self) -> Any:
+        return self.inner.router
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+            await self.inner(scope, receive, send)
+            return
+        runtime: Runtime = self.inner.state.runtime
+        record = RequestRecord()
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {CHAT_PATH}.")
+            headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+            tenant = authenticate_tenant(runtime.config, headers.get("authorization"))
+            record.tenant = tenant.name
+            raw = await _read_body(
+                receive, headers.get("content-length"), runtime.config.server.max_body_bytes
+            )
+            meta = RequestMeta(
+                headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
+            )
+            reply = await runtime.chat.chat(tenant, raw, meta, record)
+        except Exception as exc:
+            classify(record, exc)
+            runtime.stats.record(record)
+            status, extra, body = error_parts(exc)
+            await _send_whole(send, status, extra, body, "application/json")
+            return
+        if reply.stream is None:
+            runtime.stats.record(record)
+            await _send_whole(send, reply.status, reply.headers, reply.body, reply.media_type)
+            return
+        try:
+            await _send_stream(send, receive, reply, reply.stream)
+        finally:
+            runtime.stats.record(record)
+
+
+async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
+    """The body, refusing (413) past `limit` bytes without buffering the excess."""
+    if declared is not None:
+        try:
+            too_big = int(declared) > limit
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header.") from None
+        if too_big:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body  # the common case: one message
+    parts, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _header_list(headers: dict[str, str], media_type: str, length: int | None) -> list[tuple[bytes, bytes]]:
+    out = [(b"content-type", media_type.encode())]
+    if length is not None:
+        out.append((b"content-length", str(length).encode()))
+    out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return out
+
+
+async def _send_whole(send: Any, status: int, headers: dict[str, str], body: bytes, media_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _header_list(headers, media_type, len(body)),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_stream(send: Any, receive: Any, reply: Reply, stream: AsyncIterator[bytes]) -> None:
+    """Send chunks as they come; if the client hangs up, stop (the pipeline's cleanup
+    releases the upstream call and settles the rate-limit reservation)."""
+    headers = _header_list(reply.headers, reply.media_type + "; charset=utf-8", None) + _STREAM_HEADERS
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+
+    async def pump() -> None:
+        async for part in stream:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def watch(task: asyncio.Task[None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(watch(pumping))
+    try:
+        await pumping
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves, not just the client hanging up
+    finally:
+        watching.cancel()
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -1,0 +1,22 @@
+"""How an error becomes an HTTP response: the one mapping, used by the FastAPI handlers
+and by the raw ASGI chat endpoint alike."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from proxy.errors import ProxyError
+
+log = logging.getLogger("llmcp")
+JSON = "application/json"
+
+
+def error_parts(exc: BaseException) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) in the OpenAI error shape; unexpected errors become a plain
+    500 that says nothing about the internals (the traceback goes to the log)."""
+    if not isinstance(exc, ProxyError):
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        exc = ProxyError("The proxy hit an internal error. It has been logged.")
+    return exc.status, exc.headers, orjson.dumps(exc.body())
