@@ -159,6 +159,15 @@ class StatsConfig(_Strict):
     events_per_flush: int = Field(200, ge=1)
 
 
+class SingleFlightConfig(_Strict):
+    enabled: bool = True
+    # The leader's lock lives this long unless refreshed (it is, every lock_ms/3, while the
+    # leader works): a crashed leader's followers stop waiting within about this long.
+    lock_ms: int = Field(10_000, ge=100)
+    # A follower waits at most this long, then makes its own upstream call.
+    wait_ms: int = Field(60_000, ge=0)
+
+
 class AdminConfig(_Strict):
     api_keys: tuple[str, ...] = ()
 
@@ -175,6 +184,7 @@ class Config(_Strict):
     rate_limit: RateLimitConfig = RateLimitConfig()
     admin: AdminConfig = AdminConfig()
     stats: StatsConfig = StatsConfig()
+    single_flight: SingleFlightConfig = SingleFlightConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.auth import authenticate_tenant
+from proxy.calls import Reply, RequestMeta
 from proxy.errors import BodyTooLarge, InvalidRequest, MethodNotAllowed
 from proxy.responses import error_parts
 from proxy.runtime import Runtime
-from proxy.service import Reply, RequestMeta
 from proxy.stats import RequestRecord, classify
 
 CHAT_PATH = "/v1/chat/completions"

@@ -46,6 +46,17 @@ def connect(url: str, cfg: RedisConfig) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+def blocking_client(client: aioredis.Redis, read_timeout_s: float, max_connections: int) -> aioredis.Redis:
+    """A second client to the same server for blocking reads (XREAD BLOCK, pub/sub): the
+    hot path's short socket timeout would cut those off and open the breaker for everyone."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": read_timeout_s}
+    blocking = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=max_connections, **kwargs
+    )
+    return aioredis.Redis.from_pool(blocking)
+
+
 def _is_pool_exhausted(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError) and "Too many connections" in str(exc)
 

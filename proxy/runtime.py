@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from proxy.cache import CacheStore
 from proxy.config import Config
+from proxy.flight import SingleFlight
 from proxy.ratelimit import RateLimiter
 from proxy.redis_conn import RedisGate, connect
 from proxy.service import ChatService
@@ -41,7 +42,7 @@ class Runtime:
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
         limiter = RateLimiter(gate, config)
-        chat = ChatService(config, cache, upstreams, limiter)
+        chat = ChatService(config, cache, upstreams, limiter, SingleFlight(gate, config))
         return cls(
             config, client, gate, chat, limiter, StatsRecorder(gate, config), StatsReport(gate, config)
         )
@@ -51,10 +52,12 @@ class Runtime:
         if not await self.gate.ping():
             log.warning("Redis is not reachable at startup; serving without cache until it is")
         if any(not m.is_demo for m in self.config.models):
-            # Import litellm off the event loop now, so the first miss does not pay ~3s.
-            asyncio.get_running_loop().run_in_executor(None, preload)
+            # Import litellm (~3 s) before accepting requests: importing it in the background
+            # while serving holds the GIL long enough to stall the loop and time out Redis calls.
+            await asyncio.get_running_loop().run_in_executor(None, preload)
 
     async def close(self) -> None:
         await self.limiter.drain()
         await self.stats.stop()
+        await self.chat.flight.close()
         await self.redis.aclose()

@@ -1,4 +1,4 @@
-"""The chat pipeline: parse -> key -> cache -> upstream -> store.
+"""The chat pipeline: parse -> key -> cache -> single flight -> limit -> upstream -> store.
 
 Framework-free: it takes bytes and a few header values and returns a `Reply`, so the
 HTTP layer stays thin and the hit path does only what a hit needs (one JSON parse of the
@@ -7,19 +7,22 @@ request, one hash, one Redis GET, no litellm, no pydantic).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from proxy.cache import CacheStore, Entry
-from proxy.config import Config, ModelConfig, TenantConfig
-from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, StoreUnavailable, UpstreamError
+from proxy.cache import CacheStore
+from proxy.calls import SSE, Call, Reply, RequestMeta, cache_controls, for_client, hit_reply, note_usage
+from proxy.coalesce import Coalescer
+from proxy.config import Config, TenantConfig
+from proxy.errors import ModelNotFound, ProxyError, StoreUnavailable, UpstreamError
+from proxy.flight import SingleFlight
 from proxy.keys import cache_key, chat_digest
-from proxy.ratelimit import RateLimiter, Reservation
-from proxy.sse import DONE, StreamAssembler, event, replay_chunks
+from proxy.ratelimit import RateLimiter
+from proxy.sse import DONE, StreamAssembler, event
 from proxy.stats import RequestRecord
 from proxy.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
 from proxy.upstream import Upstreams
@@ -27,85 +30,24 @@ from proxy.validation import check_chat_request, parse_json_object
 
 log = logging.getLogger("llmcp.service")
 
-JSON = "application/json"
-SSE = "text/event-stream"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
-    """The request headers the pipeline reads (names already lower-cased by the server)."""
-
-    cache_control: str | None = None
-    cache_ttl: str | None = None
-    end_user: str | None = None
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-    media_type: str = JSON
-
-
-@dataclass(frozen=True, slots=True)
-class CacheControls:
-    lookup: bool
-    store: bool
-    ttl: int
-
-
-def cache_controls(
-    meta: RequestMeta, config: Config, tenant: TenantConfig, model: ModelConfig
-) -> CacheControls:
-    """`Cache-Control: no-cache` skips the lookup, `no-store` skips the write; X-Cache-TTL
-    sets the TTL (capped by cache.max_ttl_seconds; 0 means do not store)."""
-    directives = {d.strip().lower() for d in (meta.cache_control or "").split(",")}
-    ttl = tenant.cache_ttl_seconds or model.cache_ttl_seconds or config.cache.ttl_seconds
-    if meta.cache_ttl is not None:
-        try:
-            ttl = int(meta.cache_ttl)
-        except ValueError:
-            ttl = -1
-        if ttl < 0:
-            raise InvalidRequest(
-                "X-Cache-TTL must be a whole number of seconds (0 = do not store).",
-                param="X-Cache-TTL",
-            )
-    ttl = min(ttl, config.cache.max_ttl_seconds)
-    return CacheControls(
-        lookup="no-cache" not in directives,
-        store="no-store" not in directives and ttl > 0,
-        ttl=ttl,
-    )
-
-
-@dataclass(slots=True)
-class _Call:
-    """What one request resolved to, passed between the pipeline's steps."""
-
-    tenant: TenantConfig
-    model: ModelConfig
-    body: dict[str, Any]
-    key: str
-    controls: CacheControls
-    stream: bool
-    include_usage: bool
-    headers: dict[str, str] = field(default_factory=dict)
-    record: RequestRecord = field(default_factory=RequestRecord)
-    reservation: Reservation | None = None
-    prompt_estimate: int = 0
-
 
 class ChatService:
-    def __init__(self, config: Config, cache: CacheStore, upstreams: Upstreams, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cache: CacheStore,
+        upstreams: Upstreams,
+        limiter: RateLimiter,
+        flight: SingleFlight,
+    ) -> None:
         self.config = config
         self.cache = cache
         self.upstreams = upstreams
         self.limiter = limiter
+        self.flight = flight
+        self._coalescer = Coalescer(flight, cache)
 
-    def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta, record: RequestRecord) -> _Call:
+    def _resolve(self, tenant: TenantConfig, raw: bytes, meta: RequestMeta, record: RequestRecord) -> Call:
         body = parse_json_object(raw)
         name = body.get("model")
         model = self.config.model_index.get(name) if isinstance(name, str) else None
@@ -118,11 +60,11 @@ class ChatService:
                 param="model",
             )
         digest = chat_digest(body, model)
-        namespace = tenant.name if self.config.cache.scope == "tenant" else "shared"
+        namespace = self.namespace(tenant)
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
         record.digest = digest
-        return _Call(
+        return Call(
             record=record,
             tenant=tenant,
             model=model,
@@ -133,6 +75,9 @@ class ChatService:
             include_usage=stream and options.get("include_usage") is True,
             headers={"X-Cache-Key": digest},
         )
+
+    def namespace(self, tenant: TenantConfig) -> str:
+        return tenant.name if self.config.cache.scope == "tenant" else "shared"
 
     async def chat(
         self, tenant: TenantConfig, raw: bytes, meta: RequestMeta, record: RequestRecord | None = None
@@ -150,14 +95,45 @@ class ChatService:
             if entry is not None:
                 if tenant.limit_cache_hits:
                     await self._limit(call, meta, entry.prompt_tokens + entry.completion_tokens)
-                return self._hit(call, entry)
+                return hit_reply(call, entry)
         call.headers["X-Cache"] = status
-        await self._limit(call, meta, None)
-        if call.stream:
-            return await self._stream_miss(call)
-        return await self._miss(call)
+        if status == "MISS" and call.controls.store and self.flight.enabled:
+            shared = await self._single_flight(call)
+            if shared is not None:
+                return shared
+        try:
+            await self._limit(call, meta, None)
+            if call.stream:
+                return await self._stream_miss(call)
+            return await self._miss(call)
+        except BaseException:
+            await self._finish_flight(call, False)
+            raise
 
-    async def _limit(self, call: _Call, meta: RequestMeta, known_tokens: int | None) -> None:
+    async def _single_flight(self, call: Call) -> Reply | None:
+        """Lead (returns None: go upstream) or follow another request's identical miss."""
+        digest = call.headers["X-Cache-Key"]
+        try:
+            flight = await self.flight.join(self.namespace(call.tenant), digest, call.stream)
+            if not flight.leader:
+                return await self._coalescer.follow(call, flight)
+            call.flight = flight
+            # A leader that just finished may have stored the answer since our lookup.
+            entry = await self.cache.get(call.key)
+        except StoreUnavailable:
+            return None
+        if entry is None:
+            return None
+        await self._finish_flight(call, True)
+        return hit_reply(call, entry)
+
+    async def _finish_flight(self, call: Call, stored: bool) -> None:
+        """Release this request's flight once; shielded so a cancelled request still wakes its followers."""
+        flight, call.flight = call.flight, None
+        if flight is not None:
+            await asyncio.shield(self.flight.finish(flight, stored))
+
+    async def _limit(self, call: Call, meta: RequestMeta, known_tokens: int | None) -> None:
         """Reserve from the tenant's buckets (raises RateLimited); hits pass `known_tokens`."""
         end_user = meta.end_user or call.body.get("user")
         buckets = self.limiter.plan(
@@ -181,37 +157,24 @@ class ChatService:
             if known_tokens is None:
                 call.reservation = reservation
 
-    def _hit(self, call: _Call, entry: Entry) -> Reply:
-        call.headers["X-Cache"] = "HIT"
-        call.record.cache = "HIT"
-        call.record.prompt_tokens = entry.prompt_tokens
-        call.record.completion_tokens = entry.completion_tokens
-        call.headers["Age"] = str(entry.age_seconds())
-        if not call.stream:
-            return Reply(200, call.headers, entry.body)
-        chunks = replay_chunks(orjson.loads(entry.body), call.include_usage)
-        body = b"".join(event(c) for c in chunks) + DONE
-        return Reply(200, call.headers, body, media_type=SSE)
-
-    async def _miss(self, call: _Call) -> Reply:
+    async def _miss(self, call: Call) -> Reply:
         upstream = self.upstreams.for_model(call.model)
         try:
             response = await upstream.complete(call.model, call.body)
         except BaseException:
             self.limiter.settle(call.reservation, 0)
             raise
-        usage = response.get("usage") or {}
         call.record.cache = call.headers["X-Cache"]  # counted once the upstream answered
-        call.record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        call.record.completion_tokens = int(usage.get("completion_tokens") or 0)
-        self.limiter.settle(call.reservation, _total_tokens(usage))
+        self.limiter.settle(call.reservation, note_usage(call.record, response.get("usage")))
         body = orjson.dumps(response)
         choices = response.get("choices") or []
+        stored = False
         if choices and all(c.get("finish_reason") for c in choices):
-            await self._store(call, body, response.get("usage"))
+            stored = await self._store(call, body, response.get("usage"))
+        await self._finish_flight(call, stored)
         return Reply(200, call.headers, body)
 
-    async def _stream_miss(self, call: _Call) -> Reply:
+    async def _stream_miss(self, call: Call) -> Reply:
         upstream = self.upstreams.for_model(call.model)
         try:
             chunks = await upstream.stream(call.model, call.body)
@@ -226,7 +189,7 @@ class ChatService:
         return Reply(200, call.headers, stream=self._relay(call, first, chunks), media_type=SSE)
 
     async def _relay(
-        self, call: _Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]
+        self, call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]
     ) -> AsyncIterator[bytes]:
         """Forward chunks as they arrive; store the assembled answer only after a clean end."""
         assembler = StreamAssembler()
@@ -234,33 +197,37 @@ class ChatService:
         try:
             while chunk is not None:
                 assembler.add(chunk)
-                shown = _for_client(chunk, call.include_usage)
+                if call.flight is not None:
+                    await self.flight.append(call.flight, chunk)  # streaming followers read it live
+                shown = for_client(chunk, call.include_usage)
                 if shown is not None:
                     yield event(shown)
                 chunk = await anext(chunks, None)
+            stored = False
             if assembler.complete:
-                body = orjson.dumps(assembler.response())
-                await self._store(call, body, assembler.usage)
+                stored = await self._store(call, orjson.dumps(assembler.response()), assembler.usage)
             else:
                 log.warning("upstream stream ended without a finish_reason; not cached")
+            await self._finish_flight(call, stored)
             yield DONE
         except ProxyError as exc:
             log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
             call.record.error = "upstream"
             yield event(exc.body())
         finally:
+            await self._finish_flight(call, False)  # no-op when already finished
             if assembler.usage:
-                call.record.prompt_tokens = int(assembler.usage.get("prompt_tokens") or 0)
-                call.record.completion_tokens = int(assembler.usage.get("completion_tokens") or 0)
+                note_usage(call.record, assembler.usage)
             self.limiter.settle(call.reservation, self._streamed_tokens(call, assembler))
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
                 await closer()
 
-    def _streamed_tokens(self, call: _Call, assembler: StreamAssembler) -> int:
+    def _streamed_tokens(self, call: Call, assembler: StreamAssembler) -> int:
         """Real usage when the stream got that far, else prompt estimate + text received."""
         if assembler.usage:
-            return _total_tokens(assembler.usage)
+            usage = assembler.usage
+            return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
         if call.reservation is None:
             return 0
         enc = encoding(encoding_name(call.model))
@@ -271,9 +238,10 @@ class ChatService:
         )
         return call.prompt_estimate + count_text(text, enc)
 
-    async def _store(self, call: _Call, body: bytes, usage: dict[str, Any] | None) -> None:
+    async def _store(self, call: Call, body: bytes, usage: dict[str, Any] | None) -> bool:
+        """True when the answer is now in the cache."""
         if not call.controls.store:
-            return
+            return False
         usage = usage or {}
         try:
             stored = await self.cache.put(
@@ -285,20 +253,7 @@ class ChatService:
                 call.model.name,
             )
         except StoreUnavailable:
-            return
+            return False
         if not stored:
             log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
-
-
-def _total_tokens(usage: dict[str, Any] | None) -> int:
-    usage = usage or {}
-    return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-
-
-def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    """The proxy always asks upstream for usage; show it only to clients that asked."""
-    if include_usage or "usage" not in chunk:
-        return chunk
-    if not chunk.get("choices"):
-        return None
-    return {k: v for k, v in chunk.items() if k != "usage"}
+        return stored

@@ -96,6 +96,7 @@ class RequestRecord:
     digest: str = ""
     redis_error: bool = False
     limiter_error: bool = False
+    coalesced: bool = False  # served from another request's upstream call (single flight)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -155,6 +156,8 @@ class StatsRecorder:
             counts[(tenant, minute, f"{model}|limited_{rec.limited}")] += 1
         if rec.redis_error:
             counts[(tenant, minute, f"{model}|err_redis")] += 1
+        if rec.coalesced:
+            counts[(tenant, minute, f"{model}|coalesced")] += 1
         if rec.limiter_error:
             counts[(tenant, minute, f"{model}|limiter_errors")] += 1
         if self._events_max:
