@@ -34,9 +34,16 @@ def build(redis_url: str, prefix: str) -> Any:
                 break
         value = await client.get(f"{prefix}:{hashlib.sha256(body).hexdigest()}")
         status, payload = (200, value) if value is not None else (404, b'{"error":"miss"}')
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     return app
@@ -51,8 +58,15 @@ def main() -> None:
     args = parser.parse_args()
     import uvicorn
 
-    uvicorn.run(build(args.redis_url, args.prefix), host=args.host, port=args.port,
-                loop="uvloop", http="httptools", log_level="warning", access_log=False)
+    uvicorn.run(
+        build(args.redis_url, args.prefix),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

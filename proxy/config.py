@@ -40,8 +40,11 @@ class ServerConfig(_Strict):
 class RedisConfig(_Strict):
     url: str | None = None
     key_prefix: str = Field("llmcp", pattern=_NAME)
-    connect_timeout_ms: int = Field(250, ge=1)
-    timeout_ms: int = Field(250, ge=1)
+    connect_timeout_ms: int = Field(1000, ge=1)
+    timeout_ms: int = Field(500, ge=1)
+    # A refused or reset connection opens the breaker at once; timeouts only after this many
+    # in a row (a congested event loop can make one read late without Redis being slow).
+    breaker_failures: int = Field(3, ge=1)
     # While Redis is failing, skip it for this long before probing again, so requests stop
     # paying the connection timeout one by one.
     retry_after_ms: int = Field(1000, ge=0)

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.config import RedisConfig
 from proxy.errors import StoreUnavailable
@@ -61,12 +62,28 @@ def _is_pool_exhausted(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError) and "Too many connections" in str(exc)
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, RedisTimeoutError | asyncio.TimeoutError)
+
+
+def _opens_breaker(exc: BaseException, timeouts_in_a_row: int, threshold: int) -> bool:
+    """Down (refused, reset): open now. Slow: open after `threshold` timeouts in a row.
+    Busy (our own pool is full): never."""
+    if _is_pool_exhausted(exc):
+        return False
+    if _is_timeout(exc):
+        return timeouts_in_a_row >= threshold
+    return True
+
+
 class RedisGate:
     """Runs Redis calls; remembers failure for a moment so the next calls fail fast."""
 
-    def __init__(self, client: aioredis.Redis, retry_after_ms: int) -> None:
+    def __init__(self, client: aioredis.Redis, retry_after_ms: int, breaker_failures: int = 3) -> None:
         self.client = client
         self._retry_after = retry_after_ms / 1000
+        self._threshold = breaker_failures
+        self._timeouts_in_a_row = 0
         self._down_until = 0.0
         self._down_since: float | None = None
 
@@ -86,15 +103,19 @@ class RedisGate:
                 async with asyncio.timeout(timeout_s):
                     result = await call(self.client)
         except FAILURES as exc:
-            if not _is_pool_exhausted(exc):  # busy, not down: do not open the breaker
+            if _opens_breaker(exc, self._timeouts_in_a_row + 1, self._threshold):
                 self._failed(exc)
+            elif _is_timeout(exc):
+                self._timeouts_in_a_row += 1
             raise StoreUnavailable(f"Redis call failed: {type(exc).__name__}: {exc}") from exc
+        self._timeouts_in_a_row = 0
         if self._down_since is not None:
             log.warning("Redis is reachable again after %.1fs", time.monotonic() - self._down_since)
             self._down_since = None
         return result
 
     def _failed(self, exc: BaseException) -> None:
+        self._timeouts_in_a_row = 0
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now

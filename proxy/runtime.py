@@ -38,7 +38,7 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
         client = connect(redis_url, config.redis)
-        gate = RedisGate(client, config.redis.retry_after_ms)
+        gate = RedisGate(client, config.redis.retry_after_ms, config.redis.breaker_failures)
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
         limiter = RateLimiter(gate, config)
