@@ -60,6 +60,18 @@ async def test_requests_limit_then_openai_shaped_429(make_client: Any) -> None:
     assert limited.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
+async def test_rate_headers_on_streams_too(make_client: Any) -> None:
+    client = await make_client(
+        upstreams=FAST, tenants=tenants({"requests_per_minute": 10, "tokens_per_minute": 9000})
+    )
+    response = await client.post(CHAT, json=ask("s", stream=True), headers=auth())
+    assert response.headers["content-type"].startswith("text/event-stream")
+    for kind in ("requests", "tokens"):
+        for part in ("limit", "remaining", "reset"):
+            assert f"x-ratelimit-{part}-{kind}" in response.headers
+    assert response.headers["x-ratelimit-limit-tokens"] == "9000"
+
+
 async def test_cache_hits_are_free_unless_configured(make_client: Any) -> None:
     client = await make_client(upstreams=FAST, tenants=tenants({"requests_per_minute": 1}))
     assert (await client.post(CHAT, json=ask("same"), headers=auth())).status_code == 200

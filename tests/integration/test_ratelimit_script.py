@@ -139,3 +139,18 @@ def test_exactly_capacity_allowed_across_processes(
     # 200 attempts from 4 processes, capacity 50, refill 1/min: exactly 50, never more.
     assert allowed == 50
     assert all(redis_sync.ttl(k) > 0 for k in own_keys(redis_sync, key_prefix))
+
+
+def test_refill_over_real_time_matches_the_rate(redis_sync: redis.Redis, key_prefix: str) -> None:
+    """600/min = 10/s from an empty bucket of 10: about 10 more are allowed a second later."""
+    import time
+
+    script = redis_sync.register_script(lua("acquire.lua"))
+    key = f"{key_prefix}:v1:{{refill}}:rl:requests"
+    taken = sum(int(script(keys=[key], args=[0, "", 600, 10, 1])[0]) == 1 for _ in range(15))
+    assert taken == 10
+    time.sleep(1.0)
+    refilled = sum(int(script(keys=[key], args=[0, "", 600, 10, 1])[0]) == 1 for _ in range(15))
+    assert 9 <= refilled <= 10
+    time.sleep(0.5)
+    assert 4 <= sum(int(script(keys=[key], args=[0, "", 600, 10, 1])[0]) == 1 for _ in range(15)) <= 6
