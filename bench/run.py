@@ -470,6 +470,38 @@ def _run(
     rss_late = rss_kb(proxy.pid)
     procs.stop(proxy)
 
+    if "a" in scenarios:  # the same hot key with the in-process L1 on
+        l1_config = work / "config_l1.yaml"
+        l1_config.write_text(json.dumps({**raw_config, "cache": {"l1": {"enabled": True}}}))
+        proxy_l1 = procs.start(
+            "proxy_l1",
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                str(l1_config),
+                "--port",
+                str(ports["proxy"]),
+            ],
+            core=0,
+            env=env,
+        )
+        wait_http(f"http://127.0.0.1:{ports['proxy']}/readyz")
+        result = run_wrk(proxy_url, wrk_script(work / "hot_l1.lua", fixed_body(hot)), seconds, conns)
+        rows.insert(
+            2,
+            {
+                "scenario": "a",
+                "target": "hot-key hits, L1 on",
+                **result,
+                "ratio": result["rps"] / ref_hot["rps"],
+                "note": "in-process L1, pub/sub invalidation",
+            },
+        )
+        procs.stop(proxy_l1)
+
     memory = {}
     for name, answer in (("small", small), ("large", large)):
         key = f"{prefix}:membench:{name}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from proxy.cache import HEADER_MAX, decode_entry, decode_meta
 from proxy.keys import KEY_VERSION
+from proxy.l1 import l1_channel
 from proxy.redis_conn import RedisGate
 
 _BATCH = 500
@@ -41,7 +42,16 @@ async def purge(
                 progress(scanned, removed)
             if cursor == 0:
                 break
+        # Every replica's L1 drops this namespace's entries too.
+        await _announce_purge(gate, prefix, pattern)
     return removed
+
+
+async def _announce_purge(gate: RedisGate, prefix: str, pattern: str) -> None:
+    async def publish(r: Any) -> None:
+        await r.publish(l1_channel(prefix), f"p {pattern.rstrip('*')}")
+
+    await gate.run(publish)
 
 
 async def _scan_page(gate: RedisGate, cursor: int, pattern: str) -> tuple[int, list[bytes]]:

@@ -19,7 +19,9 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
+from proxy.l1 import L1Cache
 from proxy.redis_conn import RedisGate
 
 _HEADER = struct.Struct("!BBQIIB")
@@ -101,16 +103,41 @@ def decode_entry(raw: bytes) -> Entry | None:
 class CacheStore:
     """Get and put whole responses; every key written carries a TTL."""
 
-    def __init__(self, gate: RedisGate, max_entry_bytes: int, compress_min_bytes: int) -> None:
+    def __init__(
+        self,
+        gate: RedisGate,
+        max_entry_bytes: int,
+        compress_min_bytes: int,
+        l1: L1Cache | None = None,
+        l1_channel: str = "",
+    ) -> None:
         self._gate = gate
         self.max_entry_bytes = max_entry_bytes
         self._compress_min = compress_min_bytes
+        self._l1 = l1
+        self._l1_channel = l1_channel
 
     async def get(self, key: str) -> Entry | None:
-        """One round trip. Raises StoreUnavailable when Redis fails."""
-        raw = await self._gate.run(lambda r: r.get(key))
-        # The client is created without decode_responses, so values are bytes.
-        return decode_entry(raw) if isinstance(raw, bytes) else None
+        """At most one round trip (none on an L1 hit). Raises StoreUnavailable when Redis fails."""
+        l1 = self._l1
+        if l1 is None:
+            raw = await self._gate.run(lambda r: r.get(key))
+            # The client is created without decode_responses, so values are bytes.
+            return decode_entry(raw) if isinstance(raw, bytes) else None
+        raw = l1.get(key)
+        if raw is None:
+
+            async def get_with_ttl(r: Any) -> list[Any]:
+                pipe = r.pipeline(transaction=False)
+                pipe.get(key)
+                pipe.pttl(key)
+                return list(await pipe.execute())
+
+            raw, pttl = await self._gate.run(get_with_ttl)
+            if not isinstance(raw, bytes):
+                return None
+            l1.put(key, raw, pttl / 1000)
+        return decode_entry(raw)
 
     async def put(
         self,
@@ -126,5 +153,16 @@ class CacheStore:
             return False
         now_ms = int(time.time() * 1000)
         value = encode_entry(body, prompt_tokens, completion_tokens, self._compress_min, now_ms, model)
-        await self._gate.run(lambda r: r.set(key, value, ex=ttl_seconds))
+        if not self._l1_channel:
+            await self._gate.run(lambda r: r.set(key, value, ex=ttl_seconds))
+            return True
+
+        # Tell every replica's L1 that this key changed, in the same round trip.
+        async def set_and_announce(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            pipe.set(key, value, ex=ttl_seconds)
+            pipe.publish(self._l1_channel, f"k {key}")
+            await pipe.execute()
+
+        await self._gate.run(set_and_announce)
         return True

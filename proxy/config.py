@@ -60,6 +60,16 @@ class RedisConfig(_Strict):
         return url
 
 
+class L1Config(_Strict):
+    """In-process cache in front of Redis (see proxy/l1.py); off by default."""
+
+    enabled: bool = False
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # Upper bound on how long an entry is trusted without Redis: covers what Redis does
+    # silently (eviction). Overwrites and purges are published and take effect at once.
+    max_age_ms: int = Field(60_000, ge=100)
+
+
 class CacheConfig(_Strict):
     ttl_seconds: int = Field(3600, ge=1)
     max_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
@@ -67,6 +77,7 @@ class CacheConfig(_Strict):
     # Answers at least this large are stored zlib-compressed (JSON shrinks 3-5x).
     compress_min_bytes: int = Field(2048, ge=0)
     scope: Literal["tenant", "shared"] = "tenant"
+    l1: L1Config = L1Config()
 
     @model_validator(mode="after")
     def _ttl_within_cap(self) -> CacheConfig:

@@ -47,7 +47,9 @@ def connect(url: str, cfg: RedisConfig) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
-def blocking_client(client: aioredis.Redis, read_timeout_s: float, max_connections: int) -> aioredis.Redis:
+def blocking_client(
+    client: aioredis.Redis, read_timeout_s: float | None, max_connections: int
+) -> aioredis.Redis:
     """A second client to the same server for blocking reads (XREAD BLOCK, pub/sub): the
     hot path's short socket timeout would cut those off and open the breaker for everyone."""
     pool = client.connection_pool

@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 from proxy.cache import CacheStore
 from proxy.config import Config
 from proxy.flight import SingleFlight
+from proxy.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.ratelimit import RateLimiter
-from proxy.redis_conn import RedisGate, connect
+from proxy.redis_conn import RedisGate, blocking_client, connect
 from proxy.service import ChatService
 from proxy.stats import StatsRecorder
 from proxy.stats_report import StatsReport
@@ -35,21 +36,32 @@ class Runtime:
     limiter: RateLimiter
     stats: StatsRecorder
     report: StatsReport
+    l1: L1Subscriber | None = None
 
     @classmethod
     def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
         client = connect(redis_url, config.redis)
         gate = RedisGate(client, config.redis.retry_after_ms, config.redis.breaker_failures)
-        cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes)
+        l1 = None
+        if config.cache.l1.enabled:
+            l1 = L1Cache(config.cache.l1.max_bytes, config.cache.l1.max_age_ms)
+        # Stores always announce their key: other replicas may run an L1 even if this one does not.
+        channel = l1_channel(config.redis.key_prefix)
+        cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes, l1, channel)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
         limiter = RateLimiter(gate, config)
         chat = ChatService(config, cache, upstreams, limiter, SingleFlight(gate, config))
-        return cls(
-            config, client, gate, chat, limiter, StatsRecorder(gate, config), StatsReport(gate, config)
-        )
+        subscriber = None
+        if l1 is not None:
+            # Subscriptions idle for long: a connection of their own, with no read timeout.
+            subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
+        stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
+        return cls(config, client, gate, chat, limiter, stats, report, subscriber)
 
     async def start(self) -> None:
         self.stats.start()
+        if self.l1 is not None:
+            self.l1.start()
         if not await self.gate.ping():
             log.warning("Redis is not reachable at startup; serving without cache until it is")
         if any(not m.is_demo for m in self.config.models):
@@ -66,4 +78,6 @@ class Runtime:
         await self.limiter.drain()
         await self.stats.stop()
         await self.chat.flight.close()
+        if self.l1 is not None:
+            await self.l1.stop()
         await self.redis.aclose()
