@@ -202,6 +202,13 @@ def bench_config(prefix: str, upstream_port: int) -> dict[str, Any]:
                 "api_base": f"http://127.0.0.1:{upstream_port}/v1",
                 "api_key": "sk-fake-upstream",
             },
+            {
+                "name": "fake-direct",
+                "litellm_model": "openai/fake-model",
+                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key": "sk-fake-upstream",
+                "passthrough": True,
+            },
         ],
         "tenants": [
             {"name": "bench", "api_keys": [KEY]},
@@ -430,13 +437,24 @@ def _run(
         overhead = (result["p50_us"] - direct["p50_us"]) / 1000
         row(
             "d",
-            f"misses, upstream {miss_latency_ms} ms, c=200",
+            f"misses via litellm, upstream {miss_latency_ms} ms, c=200",
             result,
             None,
             f"overhead p50 {overhead:+.2f} ms vs direct",
         )
+        passthrough_template = template.replace('"model":"fake"', '"model":"fake-direct"')
+        script = wrk_script(work / "miss_direct.lua", counter_body(passthrough_template, None, 2 * 10**8))
+        fast = run_wrk(proxy_url, script, seconds, 200)
+        fast_overhead = (fast["p50_us"] - direct["p50_us"]) / 1000
+        row(
+            "d",
+            "misses via passthrough, same upstream, c=200",
+            fast,
+            None,
+            f"overhead p50 {fast_overhead:+.2f} ms vs direct",
+        )
         row("d", "upstream called directly, c=200", direct)
-        results_overhead = overhead
+        results_overhead = {"litellm": overhead, "passthrough": fast_overhead}
     else:
         results_overhead = None
     if "e" in scenarios:

@@ -88,6 +88,10 @@ class CacheConfig(_Strict):
 
 class UpstreamConfig(_Strict):
     timeout_seconds: float = Field(120.0, gt=0)
+    # HTTP client for upstream calls (litellm's and passthrough's). aiohttp: fast connection
+    # pool (httpcore's scans every connection per request, ~85% of CPU at 200 concurrent
+    # misses). httpx: what respx can intercept, so the unit tests use it.
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 class ModelConfig(_Strict):
@@ -102,6 +106,16 @@ class ModelConfig(_Strict):
     output_cost_per_token: float | None = Field(None, ge=0)
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
     tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
+
+    # Call an OpenAI-compatible upstream directly instead of through litellm (much less CPU
+    # per miss); needs litellm_model "openai/<name>" and api_base.
+    passthrough: bool = False
+
+    @model_validator(mode="after")
+    def _passthrough_is_openai(self) -> ModelConfig:
+        if self.passthrough and not (self.litellm_model.startswith("openai/") and self.api_base):
+            raise ValueError("passthrough needs litellm_model 'openai/<model>' and an api_base")
+        return self
 
     @property
     def is_demo(self) -> bool:

@@ -48,7 +48,9 @@ class Runtime:
         # Stores always announce their key: other replicas may run an L1 even if this one does not.
         channel = l1_channel(config.redis.key_prefix)
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes, l1, channel)
-        upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
+        upstreams = upstreams or Upstreams(
+            config.upstream.timeout_seconds, http_client=config.upstream.http_client
+        )
         limiter = RateLimiter(gate, config)
         chat = ChatService(config, cache, upstreams, limiter, SingleFlight(gate, config))
         subscriber = None
@@ -64,7 +66,7 @@ class Runtime:
             self.l1.start()
         if not await self.gate.ping():
             log.warning("Redis is not reachable at startup; serving without cache until it is")
-        if any(not m.is_demo for m in self.config.models):
+        if any(not m.is_demo and not m.passthrough for m in self.config.models):
             # Import litellm (~3 s) before accepting requests: importing it in the background
             # while serving holds the GIL long enough to stall the loop and time out Redis calls.
             await asyncio.get_running_loop().run_in_executor(None, preload)
@@ -80,4 +82,5 @@ class Runtime:
         await self.chat.flight.close()
         if self.l1 is not None:
             await self.l1.stop()
+        await self.chat.upstreams.aclose()
         await self.redis.aclose()

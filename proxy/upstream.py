@@ -11,6 +11,7 @@ Provider errors are translated at one boundary with a lookup table, most specifi
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -66,18 +67,28 @@ class Upstream(Protocol):
     async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
 
+_HTTPX = {"on": False}
+
+
 def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
-    litellm.disable_aiohttp_transport = True  # httpx: one client stack, visible to respx
+    litellm.disable_aiohttp_transport = _HTTPX["on"]
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     return litellm
 
 
+def use_http_client(name: str) -> None:
+    """upstream.http_client: "httpx" sends litellm's calls over httpx (visible to respx)."""
+    _HTTPX["on"] = name == "httpx"
+    if "litellm" in sys.modules:
+        _litellm()
+
+
 def preload() -> None:
-    """Import litellm now (from a thread at startup) so the first miss does not pay for it."""
+    """Import litellm now (at startup, before serving) so the first miss does not pay for it."""
     _litellm()
 
 
@@ -131,16 +142,27 @@ class LiteLLMUpstream:
 
 
 class Upstreams:
-    """Picks the upstream for a model: demo models in-process, the rest through litellm."""
+    """Picks the upstream for a model: demo models in-process, `passthrough` models straight
+    to their OpenAI-compatible server, the rest through litellm."""
 
-    def __init__(self, default_timeout_s: float, demo: Upstream | None = None) -> None:
+    def __init__(
+        self, default_timeout_s: float, demo: Upstream | None = None, http_client: str = "aiohttp"
+    ) -> None:
         from proxy.demo import DemoUpstream
+        from proxy.passthrough import PassthroughUpstream
 
+        use_http_client(http_client)
         self._litellm = LiteLLMUpstream(default_timeout_s)
         self._demo: Upstream = demo or DemoUpstream()
+        self._direct = PassthroughUpstream(default_timeout_s, http_client)
 
     def for_model(self, model: ModelConfig) -> Upstream:
-        return self._demo if model.is_demo else self._litellm
+        if model.is_demo:
+            return self._demo
+        return self._direct if model.passthrough else self._litellm
+
+    async def aclose(self) -> None:
+        await self._direct.aclose()
 
 
 def clean(obj: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,8 @@ def build_config(key_prefix: str, **overrides: Any) -> Config:
         ],
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
         "admin": {"api_keys": [ADMIN_KEY]},
+        # respx intercepts httpx only; the end-to-end tests run the default (aiohttp).
+        "upstream": {"http_client": "httpx"},
     }
     for section, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(section), dict):

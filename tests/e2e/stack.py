@@ -57,6 +57,13 @@ def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -
                 "api_key": "sk-fake-upstream-key",
             },
             {"name": "demo", "litellm_model": "demo/echo"},
+            {
+                "name": "fake-direct",
+                "litellm_model": "openai/fake-model",
+                "passthrough": True,
+                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key": "sk-fake-upstream-key",
+            },
         ],
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
         **sections,

@@ -134,3 +134,27 @@ def test_serve_with_no_redis_configured_uses_the_embedded_server(tmp_path: Path)
         stop(server)
     assert (tmp_path / ".llm-cache-proxy" / "redis.db").exists() or (tmp_path / ".llm-cache-proxy").is_dir()
     assert "Traceback" not in (tmp_path / "log").read_text()
+
+
+def test_passthrough_model_over_real_http(stack: Stack) -> None:
+    """passthrough: true goes to the OpenAI-compatible server directly (aiohttp, no litellm)."""
+    client = stack.client()
+    messages = [{"role": "user", "content": f"direct {uuid.uuid4()}"}]
+    before = stack.upstream_calls()
+    first = client.chat.completions.with_raw_response.create(model="fake-direct", messages=messages)
+    second = client.chat.completions.with_raw_response.create(model="fake-direct", messages=messages)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert second.parse().choices[0].message.content.startswith("This is the demo model. You said: direct")
+    streamed = [
+        _collect(
+            client.chat.completions.create(
+                model="fake-direct",
+                messages=[*messages, {"role": "user", "content": "s"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        for _ in range(2)
+    ]
+    assert streamed[0] == streamed[1] and streamed[0][1] is not None
+    assert stack.upstream_calls() - before == 2

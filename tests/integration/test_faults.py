@@ -29,7 +29,7 @@ def fast_demo() -> Any:
     from proxy.demo import DemoUpstream
     from proxy.upstream import Upstreams
 
-    return Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0))
+    return Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), http_client="httpx")
 
 
 async def test_redis_killed_then_restarted(

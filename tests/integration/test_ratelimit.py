@@ -20,7 +20,7 @@ from tests.servers import free_port
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
 URL = f"{UPSTREAM_BASE}/chat/completions"
-FAST = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0))
+FAST = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), http_client="httpx")
 # A large bucket that refills at 1 token/s, so settled levels can be checked to the token.
 SLOW_REFILL = {"tokens_per_minute": 60, "burst_tokens": 100_000}
 
@@ -203,7 +203,7 @@ async def test_reservation_settled_after_a_stream_and_after_a_broken_one(
 async def test_cancelled_stream_does_not_leak_its_reservation(
     make_client: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
-    slow = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.2))
+    slow = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.2), http_client="httpx")
     limits = SLOW_REFILL
     client = await make_client(
         upstreams=slow, tenants=tenants(limits), rate_limit={"default_max_tokens": 4000}

@@ -91,7 +91,7 @@ async def test_a_crashed_leader_does_not_strand_its_followers(
 
 
 async def test_streaming_followers_get_the_leaders_chunks_live(make_client: Any) -> None:
-    paced = Upstreams(5.0, demo=DemoUpstream(latency_s=0.2, chunk_delay_s=0.05))
+    paced = Upstreams(5.0, demo=DemoUpstream(latency_s=0.2, chunk_delay_s=0.05), http_client="httpx")
     client = await make_client(upstreams=paced)
     ask = {"model": "demo", "messages": [{"role": "user", "content": "stream to all of us"}], "stream": True}
 

@@ -65,7 +65,7 @@ TENANTS = [
     },
     {"name": "globex", "api_keys": [TENANT_KEYS["globex"]]},
 ]
-DEMO_ONCE = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0))
+DEMO_ONCE = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), http_client="httpx")
 
 
 async def test_counters_after_a_known_mix(make_client: Any, upstream: Any) -> None:
@@ -161,7 +161,7 @@ async def test_metrics_parse_and_agree_with_stats(make_client: Any, upstream: An
 async def test_event_stream_is_capped_and_has_a_ttl(
     make_client: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
-    fast = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0))
+    fast = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), http_client="httpx")
     client = await make_client(upstreams=fast, stats={"events_max": 50})
     for i in range(400):
         await client.post(CHAT, json=ask(f"e{i % 40}", "demo"), headers=auth())
