@@ -7,8 +7,12 @@ unexpected as a plain 500 with no internals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -18,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import __version__
 from proxy.config import Config, load_config
-from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from proxy.errors import ConfigError, InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.fastpath import FastPath
 from proxy.responses import error_parts
 from proxy.routes import router
@@ -58,18 +62,23 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
     return _render(exc)
 
 
-def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = None) -> FastPath:
+def create_app(
+    config: Config, redis_url: str, upstreams: Upstreams | None = None, config_path: str | None = None
+) -> FastPath:
     """The proxy app: the raw ASGI chat endpoint in front of the FastAPI app for the rest;
     `upstreams` lets tests and benchmarks swap the provider side."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(config, redis_url, upstreams)
+        runtime = Runtime.build(config, redis_url, upstreams, config_path)
         await runtime.start()
         app.state.runtime = runtime
+        hup = _reload_on_sighup(runtime)
         try:
             yield
         finally:
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await runtime.close()
 
     app = FastAPI(
@@ -88,6 +97,20 @@ def create_app(config: Config, redis_url: str, upstreams: Upstreams | None = Non
     return FastPath(app)
 
 
+def _reload_on_sighup(runtime: Runtime) -> bool:
+    """SIGHUP re-reads the config in this process (a single-worker server; with several
+    workers uvicorn's supervisor takes SIGHUP and replaces the workers one by one)."""
+    if runtime.config_path is None or threading.current_thread() is not threading.main_thread():
+        return False
+
+    def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged; the old config stays in force
+            runtime.reload_from_file()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    return True
+
+
 def app_from_environ(environ: Mapping[str, str] | None = None) -> FastPath:
     """uvicorn factory for `serve`: config from LLMCP_CONFIG, Redis from REDIS_URL.
 
@@ -95,13 +118,20 @@ def app_from_environ(environ: Mapping[str, str] | None = None) -> FastPath:
     workers; run under plain uvicorn with no Redis named, this process embeds its own.
     """
     environ = os.environ if environ is None else environ
-    config = load_config(environ.get("LLMCP_CONFIG", "config.yaml"), environ)
+    path = environ.get("LLMCP_CONFIG", "config.yaml")
+    try:
+        config = load_config(path, environ)
+    except ConfigError as exc:
+        # A worker started by a rolling restart (SIGHUP) with a broken config: say why in one
+        # line and exit; uvicorn's supervisor then keeps the old worker running.
+        log.error("config error, not starting: %s", exc)
+        raise SystemExit(1) from None
     url = environ.get("REDIS_URL") or config.redis.url
     if url:
-        return create_app(config, url)
+        return create_app(config, url, config_path=path)
     from proxy.embedded import EmbeddedRedis
 
     embedded = EmbeddedRedis(config.redis.state_dir, config.redis.embedded_maxmemory)
-    app = create_app(config, embedded.url)
+    app = create_app(config, embedded.url, config_path=path)
     app.state.embedded = embedded  # the server lives as long as the app
     return app

@@ -52,6 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The workers build their app from these (uvicorn needs an import string for workers > 1).
     os.environ["LLMCP_CONFIG"] = str(Path(_config_path(args.config)).resolve())
     os.environ["REDIS_URL"] = url
+    # POST /admin/reload asks this process (uvicorn's supervisor when workers > 1) to
+    # replace the workers; a single-worker server reloads in place on SIGHUP.
+    os.environ["LLMCP_SUPERVISOR_PID"] = str(os.getpid())
+    os.environ["LLMCP_WORKERS"] = str(workers)
     _warn_demo_keys(config, host)
     where = "embedded Redis" if embedded else "Redis"
     print(

@@ -106,6 +106,13 @@ class RateLimiter:
         self._adjust = gate.client.register_script(lua("adjust.lua"))
         self._pending: set[asyncio.Task[list[int]]] = set()
 
+    def renewed(self, config: Config) -> RateLimiter:
+        """A limiter for a reloaded config, sharing this one's scripts and pending settlements."""
+        fresh = RateLimiter.__new__(RateLimiter)
+        fresh._gate, fresh._config = self._gate, config
+        fresh._acquire, fresh._adjust, fresh._pending = self._acquire, self._adjust, self._pending
+        return fresh
+
     def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> list[Bucket]:
         """Every bucket this request must pass; empty for an unlimited tenant."""
         limits = tenant.limits

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from proxy.cache import CacheStore
-from proxy.config import Config
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError
 from proxy.flight import SingleFlight
 from proxy.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.ratelimit import RateLimiter
@@ -37,9 +39,17 @@ class Runtime:
     stats: StatsRecorder
     report: StatsReport
     l1: L1Subscriber | None = None
+    l1_cache: L1Cache | None = None
+    config_path: str | None = None
 
     @classmethod
-    def build(cls, config: Config, redis_url: str, upstreams: Upstreams | None = None) -> Runtime:
+    def build(
+        cls,
+        config: Config,
+        redis_url: str,
+        upstreams: Upstreams | None = None,
+        config_path: str | None = None,
+    ) -> Runtime:
         client = connect(redis_url, config.redis)
         gate = RedisGate(client, config.redis.retry_after_ms, config.redis.breaker_failures)
         l1 = None
@@ -58,7 +68,45 @@ class Runtime:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
             subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
         stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
-        return cls(config, client, gate, chat, limiter, stats, report, subscriber)
+        return cls(config, client, gate, chat, limiter, stats, report, subscriber, l1, config_path)
+
+    def reload(self, new: Config) -> None:
+        """Put a new config in force without dropping a request: requests in flight finish
+        with the objects they hold; new ones get new ones. Tenants, keys, quotas, TTLs, models
+        and prices change; the Redis connection, server and L1 settings need a restart."""
+        for section in ("redis", "server"):
+            if getattr(new, section) != getattr(self.config, section):
+                raise ConfigError(f"{section}.* changed: restart the proxy for that (nothing was reloaded)")
+        if new.cache.l1 != self.config.cache.l1:
+            raise ConfigError("cache.l1 changed: restart the proxy for that (nothing was reloaded)")
+        cache = CacheStore(
+            self.gate,
+            new.cache.max_entry_bytes,
+            new.cache.compress_min_bytes,
+            self.l1_cache,
+            l1_channel(new.redis.key_prefix),
+        )
+        limiter = self.limiter.renewed(new)
+        self.chat = ChatService(new, cache, self.chat.upstreams, limiter, self.chat.flight)
+        self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
+
+    def reload_from_file(self) -> Config:
+        """Re-read the config file; on any error the running config stays and ConfigError says why."""
+        if self.config_path is None:
+            raise ConfigError("this process was not started from a config file")
+        try:
+            new = load_config(self.config_path, os.environ)
+            self.reload(new)
+        except ConfigError as exc:
+            log.error("config reload rejected, the running config stays in force: %s", exc)
+            raise
+        log.warning(
+            "config reloaded from %s: %d models, %d tenants",
+            self.config_path,
+            len(new.models),
+            len(new.tenants),
+        )
+        return new
 
     async def start(self) -> None:
         self.stats.start()

@@ -1,8 +1,10 @@
-"""Read-side endpoints: /stats (JSON or the HTML page), /stats/events, /metrics, and the
-admin cache purge. Admin keys see every tenant; a tenant key sees only its own."""
+"""Read-side and admin endpoints: /stats (JSON or the HTML page), /stats/events, /metrics,
+the cache purge and the config reload. Admin keys see every tenant; a tenant key only its own."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import defaultdict
 from importlib.resources import files
 from typing import Any
@@ -11,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from proxy.admin import purge
 from proxy.auth import require_admin, visible_tenants
-from proxy.errors import InvalidRequest, RouteNotFound
+from proxy.errors import ConfigError, InvalidRequest, RouteNotFound
 from proxy.metrics import render
 from proxy.routes import json_response
 from proxy.runtime import Runtime
@@ -120,3 +122,28 @@ async def purge_cache(
     namespaces = [tenant] if tenant else [t.name for t in config.tenants] + ["shared"]
     deleted = await purge(runtime.gate, config.redis.key_prefix, namespaces, model)
     return json_response({"deleted": deleted, "tenants": namespaces, "model": model})
+
+
+@router.post("/admin/reload")
+async def reload_config(request: Request) -> Response:
+    """Re-read config.yaml. Invalid: 400, and the running config stays in force. With several
+    workers, uvicorn's supervisor is asked to replace them one by one (SIGHUP)."""
+    runtime = _runtime(request)
+    require_admin(runtime.config, request.headers.get("authorization"))
+    try:
+        config = runtime.reload_from_file()
+    except ConfigError as exc:
+        raise InvalidRequest(f"Config not reloaded: {exc}", code="invalid_config") from None
+    supervisor = os.environ.get("LLMCP_SUPERVISOR_PID")
+    workers = int(os.environ.get("LLMCP_WORKERS", "1"))
+    restarting = workers > 1 and supervisor is not None and int(supervisor) != os.getpid()
+    if restarting:
+        os.kill(int(supervisor), signal.SIGHUP)  # type: ignore[arg-type]
+    return json_response(
+        {
+            "reloaded": True,
+            "models": [m.name for m in config.models],
+            "tenants": len(config.tenants),
+            "workers_restarting": restarting,
+        }
+    )
