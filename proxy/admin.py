@@ -26,24 +26,27 @@ async def purge(
     model: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Delete the cache entries of these namespaces (optionally one model's); returns how many."""
+    """Delete the cache entries (chat answers and embeddings) of these namespaces; returns how
+    many. With `model`, only that model's chat answers (embedding values carry no model)."""
     removed = scanned = 0
     for namespace in namespaces:
-        pattern = cache_pattern(prefix, namespace)
-        cursor = 0
-        while True:
-            cursor, keys = await _scan_page(gate, cursor, pattern)
-            scanned += len(keys)
-            if model is not None and keys:
-                keys = await _of_model(gate, keys, model)
-            if keys:
-                removed += await _unlink(gate, keys)
-            if progress is not None:
-                progress(scanned, removed)
-            if cursor == 0:
-                break
+        chat = cache_pattern(prefix, namespace)
+        patterns = [chat] if model is not None else [chat, f"{prefix}:{KEY_VERSION}:{namespace}:emb:*"]
+        for pattern in patterns:
+            cursor = 0
+            while True:
+                cursor, keys = await _scan_page(gate, cursor, pattern)
+                scanned += len(keys)
+                if model is not None and keys:
+                    keys = await _of_model(gate, keys, model)
+                if keys:
+                    removed += await _unlink(gate, keys)
+                if progress is not None:
+                    progress(scanned, removed)
+                if cursor == 0:
+                    break
         # Every replica's L1 drops this namespace's entries too.
-        await _announce_purge(gate, prefix, pattern)
+        await _announce_purge(gate, prefix, chat)
     return removed
 
 

@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=server.log_level,
             access_log=server.log_level in ("debug", "info"),
             timeout_graceful_shutdown=30,
+            lifespan="on",  # a startup that fails must stop the server, not serve without a runtime
         )
     finally:
         if embedded is not None:

@@ -107,6 +107,10 @@ class ModelConfig(_Strict):
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
     tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
 
+    # Embedding models: inputs longer than this are refused (400), and at most this many
+    # inputs go upstream in one call (a larger batch of misses is split).
+    max_input_tokens: int = Field(8191, ge=1)
+    embedding_batch_size: int = Field(2048, ge=1)
     # Call an OpenAI-compatible upstream directly instead of through litellm (much less CPU
     # per miss); needs litellm_model "openai/<name>" and api_base.
     passthrough: bool = False

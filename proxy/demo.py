@@ -94,6 +94,28 @@ def chunks(model: str, messages: list[dict[str, Any]], include_usage: bool) -> l
     return out
 
 
+def vector(item: object, dimensions: int = 8) -> list[float]:
+    """A deterministic unit vector for any input (the demo model's "embedding")."""
+    digest = hashlib.sha256(repr(item).encode()).digest() * (dimensions // 32 + 1)
+    raw = [(b - 127.5) / 127.5 for b in digest[:dimensions]]
+    norm = sum(v * v for v in raw) ** 0.5 or 1.0
+    return [v / norm for v in raw]
+
+
+def embeddings(model: str, inputs: list[Any], dimensions: int | None) -> dict[str, Any]:
+    data = [
+        {"object": "embedding", "index": i, "embedding": vector(x, dimensions or 8)}
+        for i, x in enumerate(inputs)
+    ]
+    tokens = sum(_count(x) if isinstance(x, str) else len(x) for x in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 class DemoUpstream:
     """Answers `demo/...` models in-process, slowly enough that a hit is visibly faster."""
 
@@ -108,6 +130,13 @@ class DemoUpstream:
     async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         await asyncio.sleep(self._latency)
         return self._paced(chunks(model.name, body["messages"], include_usage=True))
+
+    async def embed(
+        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        await asyncio.sleep(self._latency / 5)
+        response = embeddings(model.name, inputs, dimensions)
+        return [d["embedding"] for d in response["data"]], response["usage"]["prompt_tokens"]
 
     async def _paced(self, items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         for chunk in items:

@@ -82,6 +82,16 @@ class FakeUpstream:
             await _send_json(send, {"ok": True})
         elif path.endswith("/chat/completions") and method == "POST":
             await self._chat(orjson.loads(body), send)
+        elif path.endswith("/embeddings") and method == "POST":
+            request = orjson.loads(body)
+            self.state.requests += 1
+            self.state.last_body = request
+            inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+            if inputs and isinstance(inputs[0], int):
+                inputs = [inputs]
+            await _send_json(
+                send, demo.embeddings(request.get("model", "fake"), inputs, request.get("dimensions"))
+            )
         else:
             await _send_json(send, {"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
 

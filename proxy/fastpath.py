@@ -20,6 +20,8 @@ from proxy.runtime import Runtime
 from proxy.stats import RequestRecord, classify
 
 CHAT_PATH = "/v1/chat/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
+_ROUTES = frozenset({CHAT_PATH, EMBEDDINGS_PATH})
 _WANTED = {b"authorization", b"content-length", b"cache-control", b"x-cache-ttl", b"x-end-user"}
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 Scope = dict[str, Any]
@@ -40,14 +42,15 @@ class FastPath:
         return self.inner.router
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+        if scope["type"] != "http" or scope["path"] not in _ROUTES:
             await self.inner(scope, receive, send)
             return
+        path = scope["path"]
         runtime: Runtime = self.inner.state.runtime
         record = RequestRecord()
         try:
             if scope["method"] != "POST":
-                raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {CHAT_PATH}.")
+                raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
             headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
             tenant = authenticate_tenant(runtime.config, headers.get("authorization"))
             record.tenant = tenant.name
@@ -57,7 +60,11 @@ class FastPath:
             meta = RequestMeta(
                 headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
             )
-            reply = await runtime.chat.chat(tenant, raw, meta, record)
+            if path == CHAT_PATH:
+                reply = await runtime.chat.chat(tenant, raw, meta, record)
+            else:
+                body, extra = await runtime.embeddings.embed(tenant, raw, record, meta.end_user)
+                reply = Reply(200, extra, body)
         except Exception as exc:
             classify(record, exc)
             runtime.stats.record(record)

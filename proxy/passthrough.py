@@ -64,6 +64,31 @@ class PassthroughUpstream:
         lines = await self._transport.stream(*self._prepare(model, body, stream=True))
         return _events(lines)
 
+    async def embed(
+        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        from proxy.upstream import vectors_in_order
+
+        payload: dict[str, Any] = {
+            "model": upstream_model(model),
+            "input": inputs,
+            "encoding_format": "float",
+        }
+        if dimensions is not None:
+            payload["dimensions"] = dimensions
+        url, _, headers, timeout = self._prepare(model, {}, stream=False)
+        url = url.removesuffix("/chat/completions") + "/embeddings"
+        status, answer_headers, content = await self._transport.post(
+            url, orjson.dumps(payload), headers, timeout
+        )
+        if status != 200:
+            raise _status_error(status, content, answer_headers)
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("The upstream provider answered with something that is not JSON.") from None
+        return vectors_in_order(data, len(inputs))
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

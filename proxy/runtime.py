@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from proxy.cache import CacheStore
 from proxy.config import Config, load_config
+from proxy.embeddings import EmbeddingService
 from proxy.errors import ConfigError
 from proxy.flight import SingleFlight
 from proxy.l1 import L1Cache, L1Subscriber, l1_channel
@@ -38,6 +39,7 @@ class Runtime:
     limiter: RateLimiter
     stats: StatsRecorder
     report: StatsReport
+    embeddings: EmbeddingService
     l1: L1Subscriber | None = None
     l1_cache: L1Cache | None = None
     config_path: str | None = None
@@ -68,7 +70,10 @@ class Runtime:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
             subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
         stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
-        return cls(config, client, gate, chat, limiter, stats, report, subscriber, l1, config_path)
+        embeddings = EmbeddingService(config, gate, upstreams, limiter)
+        return cls(
+            config, client, gate, chat, limiter, stats, report, embeddings, subscriber, l1, config_path
+        )
 
     def reload(self, new: Config) -> None:
         """Put a new config in force without dropping a request: requests in flight finish
@@ -88,6 +93,7 @@ class Runtime:
         )
         limiter = self.limiter.renewed(new)
         self.chat = ChatService(new, cache, self.chat.upstreams, limiter, self.chat.flight)
+        self.embeddings = EmbeddingService(new, self.gate, self.chat.upstreams, limiter)
         self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
 
     def reload_from_file(self) -> Config:

@@ -97,6 +97,7 @@ class RequestRecord:
     redis_error: bool = False
     limiter_error: bool = False
     coalesced: bool = False  # served from another request's upstream call (single flight)
+    saved_tokens: int = 0  # prompt tokens served from cache on a partial hit (embeddings)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -156,6 +157,8 @@ class StatsRecorder:
             counts[(tenant, minute, f"{model}|limited_{rec.limited}")] += 1
         if rec.redis_error:
             counts[(tenant, minute, f"{model}|err_redis")] += 1
+        if rec.saved_tokens:
+            counts[(tenant, minute, f"{model}|saved_prompt")] += rec.saved_tokens
         if rec.coalesced:
             counts[(tenant, minute, f"{model}|coalesced")] += 1
         if rec.limiter_error:

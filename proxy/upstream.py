@@ -66,6 +66,12 @@ class Upstream(Protocol):
 
     async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
+    async def embed(
+        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        """Vectors in input order, and the prompt tokens the provider counted."""
+        ...
+
 
 _HTTPX = {"on": False}
 
@@ -132,6 +138,28 @@ class LiteLLMUpstream:
             raise translate(exc) from exc
         return self._chunks(wrapper)
 
+    async def embed(
+        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        litellm = _litellm()
+        args: dict[str, Any] = {
+            "model": model.litellm_model,
+            "input": inputs,
+            "num_retries": 0,
+            "timeout": model.timeout_seconds or self._timeout,
+        }
+        if dimensions is not None:
+            args["dimensions"] = dimensions
+        if model.api_base:
+            args["api_base"] = model.api_base
+        if model.api_key:
+            args["api_key"] = model.api_key
+        try:
+            response = await litellm.aembedding(**args)
+        except Exception as exc:
+            raise translate(exc) from exc
+        return vectors_in_order(response.model_dump(), len(inputs))
+
     @staticmethod
     async def _chunks(wrapper: Any) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -163,6 +191,20 @@ class Upstreams:
 
     async def aclose(self) -> None:
         await self._direct.aclose()
+
+
+def vectors_in_order(response: dict[str, Any], expected: int) -> tuple[list[list[float]], int]:
+    """An OpenAI embeddings response -> (vectors by index, prompt tokens)."""
+    data = response.get("data")
+    if not isinstance(data, list) or len(data) != expected:
+        count = len(data) if isinstance(data, list) else 0
+        raise UpstreamError(f"The upstream provider returned {count} embeddings for {expected} inputs.")
+    ordered = sorted(data, key=lambda d: d.get("index", 0))
+    vectors = [d.get("embedding") for d in ordered]
+    if not all(isinstance(v, list) for v in vectors):
+        raise UpstreamError("The upstream provider returned embeddings that are not float arrays.")
+    usage = response.get("usage") or {}
+    return vectors, int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
 
 
 def clean(obj: dict[str, Any]) -> dict[str, Any]:

@@ -158,3 +158,21 @@ def test_passthrough_model_over_real_http(stack: Stack) -> None:
     ]
     assert streamed[0] == streamed[1] and streamed[0][1] is not None
     assert stack.upstream_calls() - before == 2
+
+
+def test_embeddings_through_the_sdk(stack: Stack) -> None:
+    """The SDK asks for base64 by default and decodes it; per-input caching end to end."""
+    client = stack.client()
+    run = uuid.uuid4().hex[:6]
+    first = [f"{run} chunk {i}" for i in range(8)]
+    before = stack.upstream_calls()
+    miss = client.embeddings.with_raw_response.create(model="fake", input=first)
+    assert miss.headers["x-cache"] == "MISS"
+    partial = client.embeddings.with_raw_response.create(model="fake", input=[*first, f"{run} new one"])
+    assert partial.headers["x-cache"] == "PARTIAL" and partial.headers["x-cache-hits"] == "8/9"
+    assert stack.upstream_calls() - before == 2
+    vectors = [d.embedding for d in partial.parse().data]
+    assert [d.embedding for d in miss.parse().data] == vectors[:8]
+    floats = client.embeddings.create(model="fake", input=first, encoding_format="float")
+    assert [d.embedding for d in floats.data] == vectors[:8]
+    assert stack.upstream_calls() - before == 2
