@@ -101,7 +101,7 @@ class ModelConfig(_Strict):
     api_key: str | None = Field(None, repr=False)
     cache_ttl_seconds: int | None = Field(None, ge=1)
     timeout_seconds: float | None = Field(None, gt=0)
-    # USD per token, for "money saved"; taken from litellm's bundled cost map if unset.
+    # USD per token, for "money saved"; if unset, the cost map bundled with litellm is used.
     input_cost_per_token: float | None = Field(None, ge=0)
     output_cost_per_token: float | None = Field(None, ge=0)
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.

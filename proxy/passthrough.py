@@ -49,13 +49,7 @@ class PassthroughUpstream:
         return url, orjson.dumps(payload), headers, model.timeout_seconds or self._timeout
 
     async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
-        status, headers, content = await self._transport.post(*self._prepare(model, body, stream=False))
-        if status != 200:
-            raise _status_error(status, content, headers)
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream provider answered with something that is not JSON.") from None
+        data = _json_answer(*await self._transport.post(*self._prepare(model, body, stream=False)))
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError("The upstream provider's answer is not a chat completion.")
         return data
@@ -78,15 +72,7 @@ class PassthroughUpstream:
             payload["dimensions"] = dimensions
         url, _, headers, timeout = self._prepare(model, {}, stream=False)
         url = url.removesuffix("/chat/completions") + "/embeddings"
-        status, answer_headers, content = await self._transport.post(
-            url, orjson.dumps(payload), headers, timeout
-        )
-        if status != 200:
-            raise _status_error(status, content, answer_headers)
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream provider answered with something that is not JSON.") from None
+        data = _json_answer(*await self._transport.post(url, orjson.dumps(payload), headers, timeout))
         return vectors_in_order(data, len(inputs))
 
     async def aclose(self) -> None:
@@ -245,6 +231,16 @@ class _Httpx:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+
+def _json_answer(status: int, headers: Headers, content: bytes) -> Any:
+    """A 200 answer's JSON; any other status or a body that is not JSON as the mapped error."""
+    if status != 200:
+        raise _status_error(status, content, headers)
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream provider answered with something that is not JSON.") from None
 
 
 def _transport_error(exc: BaseException) -> ProxyError:

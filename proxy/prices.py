@@ -1,4 +1,4 @@
-"""Per-token prices, from litellm's bundled cost map read as plain JSON.
+"""Per-token prices: the cost map bundled with litellm, read as plain JSON.
 
 `litellm.cost_per_token` would need litellm imported (seconds); `llm-cache-proxy stats`
 must start fast, so the JSON file litellm ships is read directly. A model can also set its
