@@ -78,8 +78,11 @@ class Runtime:
     def reload(self, new: Config) -> None:
         """Put a new config in force without dropping a request: requests in flight finish
         with the objects they hold; new ones get new ones. Tenants, keys, quotas, TTLs, models
-        and prices change; the Redis connection, server and L1 settings need a restart."""
-        for section in ("redis", "server"):
+        and prices change; redis, server, upstream, stats, single_flight and cache.l1 settings
+        need a restart."""
+        # Held by long-lived objects (connections, flusher, flights, HTTP clients): a reload
+        # cannot change them, so it refuses rather than ignore them silently.
+        for section in ("redis", "server", "upstream", "stats", "single_flight"):
             if getattr(new, section) != getattr(self.config, section):
                 raise ConfigError(f"{section}.* changed: restart the proxy for that (nothing was reloaded)")
         if new.cache.l1 != self.config.cache.l1:

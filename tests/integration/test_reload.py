@@ -66,6 +66,7 @@ async def test_reload_adds_tenants_and_changes_quotas(reloadable: Any, key_prefi
         ("models: [unclosed", "not valid YAML"),
         ("models: []\ntenants: []", "models"),
         (None, "redis.* changed"),
+        ("upstream", "upstream.* changed"),
     ],
 )
 async def test_a_bad_config_changes_nothing(
@@ -74,6 +75,8 @@ async def test_a_bad_config_changes_nothing(
     client, path = reloadable
     if broken is None:
         broken = yaml.safe_dump(config_dict("otherprefix"))
+    elif broken == "upstream":
+        broken = yaml.safe_dump(config_dict(key_prefix, upstream={"timeout_seconds": 5}))
     path.write_text(broken)
     response = await client.post("/admin/reload", headers=auth("admin"))
     assert response.status_code == 400
