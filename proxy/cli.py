@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -38,9 +37,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     workers = args.workers or server.workers
-    logging.basicConfig(
-        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    import logging.config
+
+    from proxy.logs import log_config
+
+    logging_setup = log_config(server.log_level, server.log_format, server.access_log)
+    logging.config.dictConfig(logging_setup)
 
     url = os.environ.get("REDIS_URL") or config.redis.url
     embedded = None
@@ -74,7 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=workers,
             log_level=server.log_level,
-            access_log=server.log_level in ("debug", "info"),
+            # Our own request line (proxy/logs.py) covers the proxied endpoints.
+            access_log=server.access_log and server.log_level in ("debug", "info"),
+            log_config=logging_setup,
             timeout_graceful_shutdown=30,
             lifespan="on",  # a startup that fails must stop the server, not serve without a runtime
         )

@@ -35,6 +35,10 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+    log_format: Literal["text", "json"] = "text"
+    # One line per proxied request (request id, tenant, model, cache, status, latency);
+    # written at INFO, so a log_level of warning or above turns it off.
+    access_log: bool = True
 
 
 class RedisConfig(_Strict):

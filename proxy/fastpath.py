@@ -9,12 +9,14 @@ lifespan that builds the Runtime) is the FastAPI app behind it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.auth import authenticate_tenant
 from proxy.calls import Reply, RequestMeta
 from proxy.errors import BodyTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.logs import log_request
 from proxy.responses import error_parts
 from proxy.runtime import Runtime
 from proxy.stats import RequestRecord, classify
@@ -22,7 +24,14 @@ from proxy.stats import RequestRecord, classify
 CHAT_PATH = "/v1/chat/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
 _ROUTES = frozenset({CHAT_PATH, EMBEDDINGS_PATH})
-_WANTED = {b"authorization", b"content-length", b"cache-control", b"x-cache-ttl", b"x-end-user"}
+_WANTED = {
+    b"authorization",
+    b"content-length",
+    b"cache-control",
+    b"x-cache-ttl",
+    b"x-end-user",
+    b"x-request-id",
+}
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 Scope = dict[str, Any]
 
@@ -48,10 +57,11 @@ class FastPath:
         path = scope["path"]
         runtime: Runtime = self.inner.state.runtime
         record = RequestRecord()
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+        request_id = _request_id(headers.get("x-request-id"))
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
-            headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
             tenant = authenticate_tenant(runtime.config, headers.get("authorization"))
             record.tenant = tenant.name
             raw = await _read_body(
@@ -67,18 +77,31 @@ class FastPath:
                 reply = Reply(200, extra, body)
         except Exception as exc:
             classify(record, exc)
-            runtime.stats.record(record)
             status, extra, body = error_parts(exc)
-            await _send_whole(send, status, extra, body, "application/json")
+            _finish(runtime, record, request_id, path, status)
+            await _send_whole(send, status, {**extra, "X-Request-Id": request_id}, body, "application/json")
             return
+        reply.headers["X-Request-Id"] = request_id
         if reply.stream is None:
-            runtime.stats.record(record)
+            _finish(runtime, record, request_id, path, reply.status)
             await _send_whole(send, reply.status, reply.headers, reply.body, reply.media_type)
             return
         try:
             await _send_stream(send, receive, reply, reply.stream)
         finally:
-            runtime.stats.record(record)
+            _finish(runtime, record, request_id, path, reply.status)
+
+
+def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:
+    runtime.stats.record(record)
+    log_request(record, request_id, path, status)
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    if given and len(given) <= 128 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return os.urandom(8).hex()
 
 
 async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:

@@ -89,3 +89,14 @@ async def test_health_and_readiness(make_client: Any) -> None:
     client = await make_client()
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json()["redis"] == "ok"
+
+
+async def test_request_id_is_echoed_or_made(make_client: Any) -> None:
+    client = await make_client()
+    body = {"model": "demo", "messages": [{"role": "user", "content": "id"}]}
+    given = await client.post(CHAT, json=body, headers={**auth(), "X-Request-Id": "trace-42_a"})
+    assert given.headers["x-request-id"] == "trace-42_a"
+    made = await client.post(CHAT, json=body, headers={**auth(), "X-Request-Id": "bad id <script>"})
+    assert made.headers["x-request-id"] != "bad id <script>" and len(made.headers["x-request-id"]) == 16
+    error = await client.post(CHAT, json={}, headers=auth())
+    assert error.status_code == 400 and "x-request-id" in error.headers

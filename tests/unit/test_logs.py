@@ -1,0 +1,43 @@
+"""Structured logs: one JSON object per record, and the request line never carries secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+
+from proxy.logs import JsonFormatter, log_config, log_request
+from proxy.stats import RequestRecord
+
+
+def test_request_line_fields(caplog: pytest.LogCaptureFixture) -> None:
+    record = RequestRecord(tenant="acme", model="gpt", cache="HIT", prompt_tokens=3, completion_tokens=4)
+    with caplog.at_level(logging.INFO, logger="llmcp.access"):
+        log_request(record, "req-1", "/v1/chat/completions", 200)
+    [line] = caplog.records
+    assert (line.request_id, line.tenant, line.model, line.cache, line.status, line.tokens) == (  # type: ignore[attr-defined]
+        "req-1",
+        "acme",
+        "gpt",
+        "HIT",
+        200,
+        7,
+    )
+    rendered = orjson.loads(JsonFormatter().format(line))
+    assert rendered["logger"] == "llmcp.access" and rendered["request_id"] == "req-1"
+    assert rendered["latency_ms"] >= 0
+
+
+def test_request_line_is_off_above_info(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="llmcp.access"):
+        log_request(RequestRecord(), "r", "/v1/embeddings", 200)
+    assert not caplog.records
+
+
+def test_log_config_applies_everywhere() -> None:
+    config = log_config("info", "json", access_log=False)
+    assert config["root"]["handlers"] == ["main"]
+    assert config["formatters"]["main"] == {"()": "proxy.logs.JsonFormatter"}
+    assert config["loggers"]["llmcp.access"]["level"] == "WARNING"
+    assert log_config("debug", "text")["loggers"]["llmcp.access"]["level"] == "DEBUG"
