@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -28,12 +29,21 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def stack(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_sync: redis.Redis
 ) -> Iterator[Stack]:
+    tenants = [
+        {"name": "acme", "api_keys": [TENANT_KEYS["acme"]]},
+        {
+            "name": "globex",
+            "api_keys": [TENANT_KEYS["globex"]],
+            "limits": {"requests_per_minute": 1, "burst_requests": 2},
+        },
+    ]
     stack = start_stack(
         tmp_path_factory.mktemp("e2e-stats"),
         redis_url,
         workers=2,
         admin={"api_keys": [ADMIN_KEY]},
         stats={"flush_interval_ms": 50},
+        tenants=tenants,
     )
     client = stack.client("acme")
     prompts = [f"stats {uuid.uuid4()}" for _ in range(5)]
@@ -41,7 +51,18 @@ def stack(
         client.chat.completions.create(model="fake", messages=[{"role": "user", "content": prompt}])
     for prompt in prompts * 2:
         client.chat.completions.create(model="fake", messages=[{"role": "user", "content": prompt}])
-    stack.client("globex").chat.completions.create(model="fake", messages=[{"role": "user", "content": "g"}])
+    globex = stack.client("globex")
+    globex.chat.completions.create(model="fake", messages=[{"role": "user", "content": "g"}])  # miss
+    # A bypass (no-cache: fetched fresh), then the bucket of 2 is empty: limited.
+    globex.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "g"}], extra_headers={"Cache-Control": "no-cache"}
+    )
+    with pytest.raises(openai.RateLimitError):
+        globex.chat.completions.create(model="fake", messages=[{"role": "user", "content": "limited"}])
+    stack.upstream_mode(mode="error", status=500)  # a failed request
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "fails"}])
+    stack.upstream_mode(mode="ok")
     yield stack
     stop_stack(stack, redis_sync)
 
@@ -50,9 +71,9 @@ def report(stack: Stack) -> dict:
     # Both workers flush every 50 ms; wait until the totals are complete.
     for _ in range(100):
         body = httpx.get(f"{stack.base_url[:-3]}/stats", headers=ADMIN).json()
-        if body["windows"]["all"]["totals"]["requests"] >= 16:
+        if body["windows"]["all"]["totals"]["requests"] >= 19:
             return body
-    raise AssertionError("stats never reached 16 requests")
+    raise AssertionError("stats never reached 19 requests")
 
 
 def cli(stack: Stack, *args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
@@ -72,9 +93,12 @@ def cli(stack: Stack, *args: str, redis_url: str) -> subprocess.CompletedProcess
 def test_counters_across_two_workers(stack: Stack) -> None:
     body = report(stack)
     acme = body["windows"]["all"]["tenants"]["acme"]["totals"]
-    assert (acme["requests"], acme["misses"], acme["hits"]) == (15, 5, 10)
-    assert body["windows"]["1h"]["tenants"]["globex"]["totals"]["misses"] == 1
+    assert (acme["requests"], acme["misses"], acme["hits"]) == (16, 5, 10)
+    assert acme["errors"]["upstream"] == 1
     assert acme["hit_ratio"] == pytest.approx(10 / 15, abs=1e-4)
+    globex = body["windows"]["1h"]["tenants"]["globex"]["totals"]
+    assert (globex["requests"], globex["misses"], globex["bypasses"]) == (3, 1, 1)
+    assert globex["rate_limited"]["requests"] == 1
 
 
 def test_cli_stats_agree_without_importing_litellm(stack: Stack, redis_url: str) -> None:
@@ -85,24 +109,24 @@ def test_cli_stats_agree_without_importing_litellm(stack: Stack, redis_url: str)
     assert from_cli["windows"]["all"]["tenants"]["acme"] == body["windows"]["all"]["tenants"]["acme"]
     table = cli(stack, "stats", "--tenant", "acme", redis_url=redis_url)
     assert table.returncode == 0, table.stderr
-    assert re.search(r"^all\s+15\s+10\s+5\s+0\s+66\.7%", table.stdout, re.M), table.stdout
+    assert re.search(r"^all\s+16\s+10\s+5\s+0\s+66\.7%", table.stdout, re.M), table.stdout
 
 
 def test_cli_inspect_and_purge(stack: Stack, redis_url: str) -> None:
-    client = stack.client("globex")
+    client = stack.client("acme")
     raw = client.chat.completions.with_raw_response.create(
         model="fake", messages=[{"role": "user", "content": "inspect me"}]
     )
     digest = raw.headers["x-cache-key"]
     shown = cli(stack, "inspect", digest, redis_url=redis_url)
     assert shown.returncode == 0, shown.stderr
-    assert "tenant     globex" in shown.stdout and "model      fake" in shown.stdout
+    assert "tenant     acme" in shown.stdout and "model      fake" in shown.stdout
     assert "inspect me" not in shown.stdout and "This is the demo model" not in shown.stdout
     answer = cli(stack, "inspect", digest, "--show-answer", redis_url=redis_url)
     assert "This is the demo model. You said: inspect me" in answer.stdout
-    purged = cli(stack, "purge", "--tenant", "globex", redis_url=redis_url)
+    purged = cli(stack, "purge", "--tenant", "acme", redis_url=redis_url)
     assert purged.returncode == 0, purged.stderr
-    assert "removed 2 cache entries" in purged.stdout
+    assert "removed 6 cache entries" in purged.stdout
     assert cli(stack, "inspect", digest, redis_url=redis_url).returncode == 1
     assert cli(stack, "purge", redis_url=redis_url).returncode == 1  # needs --tenant or --all
 
