@@ -167,9 +167,8 @@ class ChatService:
         call.record.cache = call.headers["X-Cache"]  # counted once the upstream answered
         self.limiter.settle(call.reservation, note_usage(call.record, response.get("usage")))
         body = orjson.dumps(response)
-        choices = response.get("choices") or []
         stored = False
-        if choices and all(c.get("finish_reason") for c in choices):
+        if _is_whole(call, response.get("choices") or []):
             stored = await self._store(call, body, response.get("usage"))
         await self._finish_flight(call, stored)
         return Reply(200, call.headers, body)
@@ -204,10 +203,11 @@ class ChatService:
                     yield event(shown)
                 chunk = await anext(chunks, None)
             stored = False
-            if assembler.complete:
-                stored = await self._store(call, orjson.dumps(assembler.response()), assembler.usage)
+            answer = assembler.response()
+            if assembler.complete and _is_whole(call, answer["choices"]):
+                stored = await self._store(call, orjson.dumps(answer), assembler.usage)
             else:
-                log.warning("upstream stream ended without a finish_reason; not cached")
+                log.warning("upstream stream ended incomplete (a choice missing or unfinished); not cached")
             await self._finish_flight(call, stored)
             yield DONE
         except ProxyError as exc:
@@ -257,3 +257,10 @@ class ChatService:
         if not stored:
             log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
         return stored
+
+
+def _is_whole(call: Call, choices: list[dict[str, Any]]) -> bool:
+    """Only whole answers are cached: every one of the `n` choices asked for, each finished.
+    (litellm's stream wrapper can drop choices after the first: such a stream is not stored.)"""
+    wanted = call.body.get("n") or 1
+    return len(choices) >= wanted and all(c.get("finish_reason") for c in choices)
