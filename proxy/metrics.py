@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.config import ModelConfig
+from proxy.prices import cost_usd
 from proxy.stats import LATENCY_BOUNDS_MS
 
 _KINDS = ("hit", "miss", "bypass")
@@ -21,11 +23,11 @@ _KINDS = ("hit", "miss", "bypass")
 class _ReportCollector(Collector):
     def __init__(
         self,
-        report: dict[str, Any],
+        models: dict[str, ModelConfig],
         counts: dict[tuple[str, str], dict[str, int]],
         footprint: dict[str, Any] | None,
     ) -> None:
-        self._report = report
+        self._models = models  # to price the tokens saved, as /stats does
         self._counts = counts  # (tenant, model) -> raw all-time counters
         self._footprint = footprint
 
@@ -74,10 +76,11 @@ class _ReportCollector(Collector):
                     latency.add_metric([tenant, model, kind], buckets, c.get(f"lat_{kind}_sum_us", 0) / 1e6)
             saved.add_metric([tenant, model, "prompt"], c.get("saved_prompt", 0))
             saved.add_metric([tenant, model, "completion"], c.get("saved_completion", 0))
-            model_report = (
-                self._report["windows"]["all"]["tenants"].get(tenant, {}).get("models", {}).get(model)
+            config = self._models.get(model)
+            saved_cost = (
+                cost_usd(config, c.get("saved_prompt", 0), c.get("saved_completion", 0)) if config else 0.0
             )
-            cost.add_metric([tenant, model], model_report["cost_saved_usd"] if model_report else 0.0)
+            cost.add_metric([tenant, model], saved_cost)
             upstream.add_metric([tenant, model], c.get("err_upstream", 0))
             for kind in ("requests", "tokens"):
                 limited_totals[(tenant, kind)] = limited_totals.get((tenant, kind), 0) + c.get(
@@ -104,8 +107,10 @@ class _ReportCollector(Collector):
 
 
 def render(
-    report: dict[str, Any], counts: dict[tuple[str, str], dict[str, int]], footprint: dict[str, Any] | None
+    models: dict[str, ModelConfig],
+    counts: dict[tuple[str, str], dict[str, int]],
+    footprint: dict[str, Any] | None,
 ) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ReportCollector(report, counts, footprint))
+    registry.register(_ReportCollector(models, counts, footprint))
     return generate_latest(registry)

@@ -19,9 +19,7 @@ import orjson
 
 from proxy.config import ModelConfig
 from proxy.errors import ProxyError, UpstreamError, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
-
-# Fields the proxy handles itself; everything else is the provider's business.
-_OWN_FIELDS = frozenset({"model", "stream", "stream_options", "metadata", "store"})
+from proxy.upstream import OWN_FIELDS, vectors_in_order
 
 
 def upstream_model(model: ModelConfig) -> str:
@@ -37,7 +35,7 @@ class PassthroughUpstream:
     def _prepare(
         self, model: ModelConfig, body: dict[str, Any], stream: bool
     ) -> tuple[str, bytes, dict[str, str], float]:
-        payload = {k: v for k, v in body.items() if k not in _OWN_FIELDS}
+        payload = {k: v for k, v in body.items() if k not in OWN_FIELDS}
         payload["model"] = upstream_model(model)
         if stream:
             payload["stream"] = True
@@ -61,8 +59,6 @@ class PassthroughUpstream:
     async def embed(
         self, model: ModelConfig, inputs: list[Any], dimensions: int | None
     ) -> tuple[list[list[float]], int]:
-        from proxy.upstream import vectors_in_order
-
         payload: dict[str, Any] = {
             "model": upstream_model(model),
             "input": inputs,

@@ -7,24 +7,22 @@ own prices in config.yaml (`input_cost_per_token`, `output_cost_per_token`).
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from proxy.config import ModelConfig
+from proxy.tokens import litellm_file
 
 _COST_MAP = "model_prices_and_context_window_backup.json"
 
 
 @cache
 def _cost_map() -> dict[str, Any]:
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
+    path = litellm_file(_COST_MAP)
+    if path is None:
         return {}
-    path = Path(next(iter(spec.submodule_search_locations))) / _COST_MAP
     try:
         data: dict[str, Any] = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):

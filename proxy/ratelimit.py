@@ -51,7 +51,6 @@ class Reservation:
     costs: list[int]
     levels: list[int]
     resets_ms: list[int]
-    waited_ms: int = 0
 
     def headers(self) -> dict[str, str]:
         return rate_headers(self.buckets, self.levels, self.resets_ms)
@@ -160,7 +159,7 @@ class RateLimiter:
             raise self._denial(
                 status, buckets[decider - 1], costs[decider - 1], levels, resets, wait_ms, buckets
             )
-        reservation = Reservation(buckets, costs, levels, resets, wait_ms if status == _WAITED else 0)
+        reservation = Reservation(buckets, costs, levels, resets)
         if status == _WAITED:
             try:
                 await asyncio.sleep(wait_ms / 1000)

@@ -89,10 +89,6 @@ class RedisGate:
         self._down_until = 0.0
         self._down_since: float | None = None
 
-    @property
-    def is_down(self) -> bool:
-        return self._down_since is not None
-
     async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]], timeout_s: float | None = None) -> T:
         """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer)."""
         if self._down_since is not None and time.monotonic() < self._down_until:

@@ -89,7 +89,6 @@ async def metrics(request: Request) -> Response:
     require_admin(runtime.config, request.headers.get("authorization"))
     await runtime.stats.flush()
     tenants = [t.name for t in runtime.config.tenants] + [PROXY_TENANT]
-    report = await runtime.report.snapshot(tenants)
     prefix = runtime.config.redis.key_prefix
 
     async def read(r: Any) -> list[Any]:
@@ -104,7 +103,7 @@ async def metrics(request: Request) -> Response:
             model, _, metric = fld.decode().partition("|")
             counts[(tenant, model)][metric] = int(n)
     footprint = await runtime.report.footprint([t.name for t in runtime.config.tenants] + ["shared"])
-    body = render(report, counts, footprint)
+    body = render(runtime.config.model_index, counts, footprint)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -26,20 +26,21 @@ _PER_IMAGE = 85
 _O200K_FAMILIES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 
 
-def _bundled_bpe_dir() -> str | None:
+def litellm_file(*parts: str) -> Path | None:
+    """A file litellm ships (BPE files, the price map), found without importing litellm."""
     spec = importlib.util.find_spec("litellm")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    return str(path) if path.is_dir() else None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    return path if path.exists() else None
 
 
 @lru_cache(maxsize=4)
 def encoding(name: str) -> tiktoken.Encoding:
     if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        bundled = _bundled_bpe_dir()
+        bundled = litellm_file("litellm_core_utils", "tokenizers")
         if bundled:
-            os.environ["TIKTOKEN_CACHE_DIR"] = bundled
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
     return tiktoken.get_encoding(name)
 
 

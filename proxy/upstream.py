@@ -57,7 +57,7 @@ CHAT_PARAMS = frozenset(
     }
 )
 # Fields of the client's body the proxy handles itself and never forwards.
-_OWN_FIELDS = frozenset({"model", "stream", "stream_options", "metadata", "store"})
+OWN_FIELDS = frozenset({"model", "stream", "stream_options", "metadata", "store"})
 _LITELLM_EXTRAS = ("provider_specific_fields", "cost")
 
 
@@ -106,7 +106,7 @@ class LiteLLMUpstream:
 
     def _arguments(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {k: v for k, v in body.items() if k in CHAT_PARAMS}
-        extra = {k: v for k, v in body.items() if k not in CHAT_PARAMS and k not in _OWN_FIELDS}
+        extra = {k: v for k, v in body.items() if k not in CHAT_PARAMS and k not in OWN_FIELDS}
         if extra:
             args["extra_body"] = extra
         args.update(

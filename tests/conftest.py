@@ -134,14 +134,15 @@ async def make_client(redis_url: str, key_prefix: str) -> AsyncIterator[Callable
         await lifespan.__aexit__(None, None, None)
 
 
-def openai_completion(content: str = "Hello!", finish: str = "stop") -> dict[str, Any]:
+def openai_completion(content: str = "Hello!", finish: str = "stop", n: int = 1) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 1,
         "model": "gpt-4o-mini",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+            {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+            for i in range(n)
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
     }

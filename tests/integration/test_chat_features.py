@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from proxy.sse import StreamAssembler
-from tests.conftest import UPSTREAM_BASE, auth
+from tests.conftest import UPSTREAM_BASE, auth, openai_completion
 from tests.integration.test_chat import sse_events
 
 pytestmark = pytest.mark.anyio
@@ -178,20 +178,8 @@ async def test_each_answer_changing_feature_gets_its_own_entry(
         ],
     }
     client = await make_client(models=DIRECT)
-    answer = httpx.Response(
-        200,
-        json={
-            "id": "c",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [  # as many as asked for: an answer missing a choice is not cached
-                {"index": i, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
-                for i in range(change.get("n", 1))
-            ],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        },
-    )
+    # As many choices as asked for: an answer missing a choice is not cached.
+    answer = httpx.Response(200, json=openai_completion("x", n=change.get("n", 1)))
     with respx.mock(assert_all_mocked=True) as mock:
         route = mock.post(URL).mock(return_value=answer)
         first = await client.post(CHAT, json=base, headers=auth())

@@ -10,7 +10,7 @@ import pytest
 import redis
 import respx
 
-from tests.conftest import UPSTREAM_BASE, auth, cache_keys
+from tests.conftest import UPSTREAM_BASE, auth, cache_keys, openai_completion
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -20,19 +20,7 @@ L1 = {"l1": {"enabled": True, "max_bytes": 8 * 1024 * 1024}}
 
 
 def answer(text: str) -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "id": "c",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        },
-    )
+    return httpx.Response(200, json=openai_completion(text))
 
 
 async def content(client: httpx.AsyncClient, **headers: str) -> tuple[str, str]:
