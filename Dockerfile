@@ -16,7 +16,7 @@ RUN useradd --create-home --uid 10001 proxy
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 COPY config.yaml /etc/llm-cache-proxy/config.yaml
-USER proxy
+USER 10001:10001
 WORKDIR /home/proxy
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -15,16 +15,20 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import __version__
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.fastpath import FastPath
+from proxy.openapi import fast_path_operations, security_scheme
 from proxy.responses import error_parts
+from proxy.review_routes import router as review_router
 from proxy.routes import router
 from proxy.runtime import Runtime
 from proxy.stats_routes import router as stats_router
@@ -94,7 +98,19 @@ def create_app(
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(router)
     app.include_router(stats_router)
+    app.include_router(review_router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return FastPath(app)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema of its routes, plus the raw ASGI endpoints in front of it."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema["paths"] = {**fast_path_operations(), **schema["paths"]}
+        schema.setdefault("components", {})["securitySchemes"] = security_scheme()
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _reload_on_sighup(runtime: Runtime) -> bool:

@@ -21,8 +21,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.keys import sibling_key
 from proxy.l1 import L1Cache
-from proxy.redis_conn import RedisGate
+from proxy.redis_conn import RedisGate, script
 
 _HEADER = struct.Struct("!BBQIIB")
 HEADER_MAX = _HEADER.size + 255
@@ -85,6 +86,24 @@ def decode_meta(raw: bytes) -> tuple[EntryMeta, int] | None:
     return EntryMeta(model, stored_at, prompt, completion, bool(flags & _ZLIB)), start
 
 
+def pack_blob(data: bytes, compress_min_bytes: int) -> bytes:
+    """A flag byte (1: zlib) then the data: how the request beside an entry is stored."""
+    if len(data) >= compress_min_bytes:
+        packed = zlib.compress(data, 6)
+        if len(packed) < len(data):
+            return b"\x01" + packed
+    return b"\x00" + data
+
+
+def unpack_blob(raw: bytes) -> bytes | None:
+    if not raw:
+        return None
+    try:
+        return zlib.decompress(raw[1:]) if raw[0] == 1 else raw[1:]
+    except zlib.error:
+        return None
+
+
 def decode_entry(raw: bytes) -> Entry | None:
     """The entry, or None for a value this version cannot read (treated as a miss)."""
     decoded = decode_meta(raw)
@@ -116,6 +135,7 @@ class CacheStore:
         self._compress_min = compress_min_bytes
         self._l1 = l1
         self._l1_channel = l1_channel
+        self._store = script(gate.client, "store.lua")
 
     async def get(self, key: str) -> Entry | None:
         """At most one round trip (none on an L1 hit). Raises StoreUnavailable when Redis fails."""
@@ -147,22 +167,21 @@ class CacheStore:
         completion_tokens: int,
         ttl_seconds: int,
         model: str = "",
+        request: bytes | None = None,
     ) -> bool:
-        """Store a complete answer; False (nothing written) when it is over the size cap."""
+        """Store a complete answer (and, when given, its request beside it, for reviewers),
+        in one round trip; False (nothing written) when it is over the size cap."""
         if len(body) > self.max_entry_bytes:
             return False
         now_ms = int(time.time() * 1000)
         value = encode_entry(body, prompt_tokens, completion_tokens, self._compress_min, now_ms, model)
-        if not self._l1_channel:
+        if not self._l1_channel and request is None:
             await self._gate.run(lambda r: r.set(key, value, ex=ttl_seconds))
             return True
-
-        # Tell every replica's L1 that this key changed, in the same round trip.
-        async def set_and_announce(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            pipe.set(key, value, ex=ttl_seconds)
-            pipe.publish(self._l1_channel, f"k {key}")
-            await pipe.execute()
-
-        await self._gate.run(set_and_announce)
+        # SET, the request beside it and the L1 announcement in one round trip (lua/store.lua).
+        keys, args = [key], [value, ttl_seconds, self._l1_channel]
+        if request is not None:
+            keys.append(sibling_key(key, "req"))
+            args.append(pack_blob(request, self._compress_min))
+        await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
         return True

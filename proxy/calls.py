@@ -1,4 +1,4 @@
-"""The values a chat request passes through the pipeline, and the pure helpers on them."""
+"""The values a request passes through the pipeline, and the pure helpers on them."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
+from proxy.apis import Api, Usage
 from proxy.cache import Entry
 from proxy.config import Config, ModelConfig, TenantConfig
 from proxy.errors import InvalidRequest
 from proxy.flight import Flight
 from proxy.ratelimit import Reservation
-from proxy.sse import DONE, event, replay_chunks
 from proxy.stats import RequestRecord
 
 JSON = "application/json"
@@ -74,6 +74,7 @@ def cache_controls(
 class Call:
     """What one request resolved to, passed between the pipeline's steps."""
 
+    api: Api
     tenant: TenantConfig
     model: ModelConfig
     body: dict[str, Any]
@@ -97,22 +98,11 @@ def hit_reply(call: Call, entry: Entry) -> Reply:
     call.record.completion_tokens = entry.completion_tokens
     if not call.stream:
         return Reply(200, call.headers, entry.body)
-    chunks = replay_chunks(orjson.loads(entry.body), call.include_usage)
-    return Reply(200, call.headers, b"".join(event(c) for c in chunks) + DONE, media_type=SSE)
+    replayed = call.api.replay(orjson.loads(entry.body), call.include_usage)
+    return Reply(200, call.headers, replayed, media_type=SSE)
 
 
-def note_usage(record: RequestRecord, usage: dict[str, Any] | None) -> int:
+def note_usage(record: RequestRecord, usage: Usage | None) -> int:
     """Put an answer's usage on the record; returns prompt + completion tokens."""
-    usage = usage or {}
-    record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    record.completion_tokens = int(usage.get("completion_tokens") or 0)
+    record.prompt_tokens, record.completion_tokens = usage or (0, 0)
     return record.prompt_tokens + record.completion_tokens
-
-
-def for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    """The proxy always asks upstream for usage; show it only to clients that asked."""
-    if include_usage or "usage" not in chunk:
-        return chunk
-    if not chunk.get("choices"):
-        return None
-    return {k: v for k, v in chunk.items() if k != "usage"}

@@ -156,9 +156,10 @@ def _tool(name: str) -> Any:
         config = _load(args.config)
         if config is None:
             return 1
-        from proxy import cli_tools
+        from proxy import cli_review, cli_tools
 
-        return int(getattr(cli_tools, name)(config, args))
+        module = cli_review if name == "cmd_review" else cli_tools
+        return int(getattr(module, name)(config, args))
 
     return run
 
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--tenant", help="look only in this tenant")
     inspect.add_argument("--show-answer", action="store_true", help="also print the cached answer")
     inspect.set_defaults(func=_tool("cmd_inspect"))
+
+    from proxy.cli_review import add_parser as add_review
+
+    add_review(sub, _tool)
     return parser
 
 

@@ -167,7 +167,7 @@ def cmd_inspect(config: Config, args: argparse.Namespace) -> int:
     tenants = _tenants(config, args.tenant)
     if tenants is None:
         return 1
-    digest = args.digest.rsplit(":", 1)[-1].lower()
+    digest = args.digest.rsplit(":", 1)[-1].strip("{}").lower()
     found = with_redis(
         config,
         lambda gate: inspect(gate, config.redis.key_prefix, digest, [*tenants, "shared"], args.show_answer),
@@ -189,5 +189,5 @@ def cmd_inspect(config: Config, args: argparse.Namespace) -> int:
         )
         if args.show_answer:
             print(f"answer     {item['answer']}")
-        print("(prompts are never stored; the answer is shown only with --show-answer)")
+        print("(the answer is shown only with --show-answer; `review show --request` shows a flagged prompt)")
     return 0

@@ -14,10 +14,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.cache import CacheStore
-from proxy.calls import SSE, Call, Reply, for_client, hit_reply, note_usage
+from proxy.calls import SSE, Call, Reply, hit_reply, note_usage
 from proxy.errors import StoreUnavailable, UpstreamError
 from proxy.flight import Flight, SingleFlight
-from proxy.sse import DONE, event
 
 log = logging.getLogger("llmcp.flight")
 
@@ -65,18 +64,23 @@ class Coalescer:
     async def _relay(
         call: Call, first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None]
     ) -> AsyncGenerator[bytes, None]:
+        api = call.api
         chunk: dict[str, Any] | None = first
         try:
             while chunk is not None:
-                if chunk.get("usage"):
-                    note_usage(call.record, chunk["usage"])
-                shown = for_client(chunk, call.include_usage)
+                usage = api.chunk_usage(chunk)
+                if usage:
+                    note_usage(call.record, usage)
+                shown = api.encode(chunk, call.include_usage)
                 if shown is not None:
-                    yield event(shown)
+                    yield shown
                 chunk = await anext(chunks, None)
-            yield DONE
+            if api.done:
+                yield api.done
         except StoreUnavailable as exc:
             call.record.error = "upstream"
-            yield event(UpstreamError(f"The answer being shared with this request broke off: {exc}").body())
+            yield api.error_event(
+                UpstreamError(f"The answer being shared with this request broke off: {exc}")
+            )
         finally:
             await chunks.aclose()

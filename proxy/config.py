@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +34,12 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # All request headers together; larger gets 431. (uvicorn's default parser, httptools,
+    # sets no limit of its own; a reverse proxy in front should bound what it buffers.)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    # A stream longer than this is ended with an error event (and not cached): each wait for
+    # the provider's next chunk is bounded by upstream.timeout_seconds, the whole by this.
+    max_stream_seconds: float = Field(600, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
     log_format: Literal["text", "json"] = "text"
@@ -53,15 +60,25 @@ class RedisConfig(_Strict):
     # paying the connection timeout one by one.
     retry_after_ms: int = Field(1000, ge=0)
     max_connections: int = Field(1024, ge=1)
+    # Redis Cluster: redis-py's cluster client, seeded with the url's node(s). Every key a
+    # script touches shares a {hash tag}, so the scripts run unchanged on a cluster.
+    cluster: bool = False
     state_dir: str = ".llm-cache-proxy"
     embedded_maxmemory: str = "256mb"
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if url is not None and url.startswith("redis+sentinel://") and not urlsplit(url).path.strip("/"):
+            raise ValueError("redis+sentinel:// needs the master's name: redis+sentinel://host:26379/<name>")
         return url
+
+    @property
+    def is_cluster(self) -> bool:
+        """`cluster: true`, or a url listing several nodes (`redis://h1:7000,h2:7001`)."""
+        return self.cluster or (self.url is not None and "," in self.url and "sentinel" not in self.url)
 
 
 class L1Config(_Strict):
@@ -83,6 +100,10 @@ class CacheConfig(_Strict):
     scope: Literal["tenant", "shared"] = "tenant"
     l1: L1Config = L1Config()
 
+    def namespace(self, tenant: str) -> str:
+        """Where a tenant's answers live: its own namespace, or "shared" with scope: shared."""
+        return tenant if self.scope == "tenant" else "shared"
+
     @model_validator(mode="after")
     def _ttl_within_cap(self) -> CacheConfig:
         if self.ttl_seconds > self.max_ttl_seconds:
@@ -96,6 +117,9 @@ class UpstreamConfig(_Strict):
     # pool (httpcore's scans every connection per request, ~85% of CPU at 200 concurrent
     # misses). httpx: what respx can intercept, so the unit tests use it.
     http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # A client that hangs up mid-stream: cancel the provider call (stop paying for tokens
+    # nobody reads), or finish it in the background and cache the answer for the next asker.
+    on_client_disconnect: Literal["cancel", "finish"] = "cancel"
 
 
 class ModelConfig(_Strict):
@@ -204,6 +228,23 @@ class SingleFlightConfig(_Strict):
     wait_ms: int = Field(60_000, ge=0)
 
 
+class ReviewConfig(_Strict):
+    """The review queue (`proxy.review`): flagged and sampled answers wait for a decision."""
+
+    # quarantine: a flagged answer stops being served at once (the next request refreshes it)
+    # and is kept for review; keep: it is served until someone decides.
+    on_flag: Literal["quarantine", "keep"] = "quarantine"
+    # This fraction of newly stored answers is queued for routine review, chosen by the key's
+    # digest so every replica picks the same ones.
+    sample_rate: float = Field(0.0, ge=0.0, le=1.0)
+    max_items: int = Field(10_000, ge=1)  # per tenant; the oldest are dropped (and counted)
+    retention_seconds: int = Field(7 * 24 * 3600, ge=60)
+    pin_max_seconds: int = Field(30 * 24 * 3600, ge=60)
+    # Keep each cached answer's request beside it (same TTL) so reviewers can see the
+    # prompt; costs memory roughly the size of the prompts. Hits never read it.
+    keep_prompts: bool = True
+
+
 class AdminConfig(_Strict):
     api_keys: tuple[str, ...] = ()
 
@@ -217,6 +258,7 @@ class Config(_Strict):
     redis: RedisConfig = RedisConfig()
     cache: CacheConfig = CacheConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    review: ReviewConfig = ReviewConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
     admin: AdminConfig = AdminConfig()
     stats: StatsConfig = StatsConfig()

@@ -94,6 +94,106 @@ def chunks(model: str, messages: list[dict[str, Any]], include_usage: bool) -> l
     return out
 
 
+def text_completion(model: str, prompt: Any) -> dict[str, Any]:
+    """A legacy `text_completion`: one choice per prompt."""
+    from proxy.api_completions import prompts_of
+
+    texts = [p if isinstance(p, str) else f"{len(p)} tokens" for p in prompts_of(prompt)]
+    answers = [answer_text([{"role": "user", "content": t}]) for t in texts]
+    prompt_tokens = sum(_count(t) for t in texts)
+    completion_tokens = sum(_count(a) for a in answers)
+    return {
+        "id": "cmpl-" + _ident(model, [{"content": t} for t in texts])[9:],
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"text": " " + a, "index": i, "logprobs": None, "finish_reason": "stop"}
+            for i, a in enumerate(answers)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def response(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses API `response` answering the last user input."""
+    given = body.get("input")
+    messages = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or [])
+    answer = answer_text(messages)
+    usage = _usage([m for m in messages if isinstance(m, dict)], answer)
+    ident = _ident(model, messages)[9:]
+    return {
+        "id": "resp_" + ident,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_" + ident,
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": answer, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "temperature": body.get("temperature", 1.0),
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": body.get("top_p", 1.0),
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+
+
+def answer_for(api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The whole answer of `api` ("chat", "completions" or "responses")."""
+    if api == "completions":
+        return text_completion(model, body.get("prompt"))
+    if api == "responses":
+        return response(model, body)
+    return completion(model, body["messages"])
+
+
+def stream_for(api: str, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same answer as the chunks (or events) a live stream of `api` sends."""
+    if api == "chat":
+        return chunks(model, body["messages"], include_usage=True)
+    if api == "responses":
+        from proxy.api_responses import replay_events
+
+        return replay_events(response(model, body))
+    whole = text_completion(model, body.get("prompt"))
+    head = {k: whole[k] for k in ("id", "object", "created", "model")}
+    out = []
+    for choice in whole["choices"]:
+        words = choice["text"].split(" ")
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            piece = {
+                **choice,
+                "text": word if i == 0 else " " + word,
+                "finish_reason": "stop" if last else None,
+            }
+            out.append({**head, "choices": [piece]})
+    out.append({**head, "choices": [], "usage": whole["usage"]})
+    return out
+
+
 def vector(item: object, dimensions: int = 8) -> list[float]:
     """A deterministic unit vector for any input (the demo model's "embedding")."""
     digest = hashlib.sha256(repr(item).encode()).digest() * (dimensions // 32 + 1)
@@ -123,13 +223,15 @@ class DemoUpstream:
         self._latency = latency_s
         self._chunk_delay = chunk_delay_s
 
-    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, model: ModelConfig, body: dict[str, Any], api: str = "chat") -> dict[str, Any]:
         await asyncio.sleep(self._latency)
-        return completion(model.name, body["messages"])
+        return answer_for(api, model.name, body)
 
-    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+    ) -> AsyncIterator[dict[str, Any]]:
         await asyncio.sleep(self._latency)
-        return self._paced(chunks(model.name, body["messages"], include_usage=True))
+        return self._paced(stream_for(api, model.name, body))
 
     async def embed(
         self, model: ModelConfig, inputs: list[Any], dimensions: int | None

@@ -28,7 +28,7 @@ from proxy.config import Config, ModelConfig, TenantConfig
 from proxy.errors import InvalidRequest, ModelNotFound, StoreUnavailable
 from proxy.keys import cache_key
 from proxy.ratelimit import RateLimiter
-from proxy.redis_conn import RedisGate
+from proxy.redis_conn import RedisGate, is_cluster
 from proxy.stats import RequestRecord
 from proxy.tokens import count_text, encoding, encoding_name
 from proxy.upstream import Upstreams
@@ -150,14 +150,14 @@ class EmbeddingService:
     ) -> tuple[bytes, dict[str, str]]:
         req = parse_embedding_request(raw, self.config, record)
         ttl = tenant.cache_ttl_seconds or req.model.cache_ttl_seconds or self.config.cache.ttl_seconds
-        namespace = tenant.name if self.config.cache.scope == "tenant" else "shared"
+        namespace = self.config.cache.namespace(tenant.name)
         keys = [
             item_key(self.config.redis.key_prefix, namespace, req.model, req.dimensions, i) for i in req.items
         ]
         found: list[bytes | None] = [None] * len(keys)
         saved = 0
         try:
-            values = await self._gate.run(lambda r: r.mget(keys))
+            values = await self._gate.run(lambda r: _mget(r, keys))
         except StoreUnavailable:
             values, record.redis_error = [None] * len(keys), True
         for i, value in enumerate(values):
@@ -240,3 +240,9 @@ class EmbeddingService:
 
         with contextlib.suppress(StoreUnavailable):  # the answer is served; it is just not cached
             await self._gate.run(write)
+
+
+async def _mget(r: Any, keys: list[str]) -> list[Any]:
+    if is_cluster(r):  # the items live in many slots: one MGET per slot, sent together
+        return list(await r.mget_nonatomic(keys))
+    return list(await r.mget(keys))

@@ -14,6 +14,8 @@ Domain code raises these; nothing else reaches a client.
     ├── PermissionDenied            403   code=permission_denied
     ├── RouteNotFound               404   code=not_found
     ├── MethodNotAllowed            405   code=method_not_allowed
+    ├── HeadersTooLarge             431   code=request_headers_too_large
+    ├── Conflict                    409   code=conflict (e.g. a review item decided already)
     ├── RateLimited                 429   code=rate_limit_exceeded | request_too_large
     ├── ServiceUnavailable          503   code=service_unavailable
     └── UpstreamError               502 upstream_error
@@ -22,7 +24,8 @@ Domain code raises these; nothing else reaches a client.
         └── UpstreamRejected        4xx   the provider's own status for the client's input
 
     ConfigError                     not an HTTP error: stops startup / check-config with one line
-    StoreUnavailable                not an HTTP error: Redis failed; callers degrade
+    StoreUnavailable                not an HTTP error: Redis failed; callers degrade (an
+                                    endpoint that cannot do without Redis answers 503)
 """
 
 from __future__ import annotations
@@ -120,6 +123,18 @@ class MethodNotAllowed(ProxyError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
+class Conflict(ProxyError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class RateLimited(ProxyError):

@@ -2,13 +2,13 @@
 
     python -m proxy.fake_upstream --port 9100 [--latency-ms 200] [--chunk-delay-ms 5]
 
-It answers `POST /v1/chat/completions` (stream or not) with `proxy.demo`'s deterministic
-answers, counts the calls it gets, and misbehaves on command so fault handling can be
-driven for real:
+It answers `POST /v1/chat/completions`, `/v1/completions` and `/v1/responses` (stream or
+not) and `/v1/embeddings` with `proxy.demo`'s deterministic answers, counts the calls it
+gets, and misbehaves on command so fault handling can be driven for real:
 
     GET  /_fake/stats   {"requests": n, "last_body": {...}}
     POST /_fake/reset   zero the counter
-    POST /_fake/mode    {"mode": "ok" | "error" | "hang" | "garbage" | "half_stream",
+    POST /_fake/mode    {"mode": "ok" | "error" | "hang" | "garbage" | "reset" | "half_stream",
                          "status": 500, "latency_ms": 0, "chunk_delay_ms": 0}
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from proxy import demo
+from proxy.api_responses import sse_event
 
 Scope = dict[str, Any]
 
@@ -80,8 +81,9 @@ class FakeUpstream:
             for name, value in orjson.loads(body or b"{}").items():
                 setattr(self.state, name, value)
             await _send_json(send, {"ok": True})
-        elif path.endswith("/chat/completions") and method == "POST":
-            await self._chat(orjson.loads(body), send)
+        elif path.endswith(("/completions", "/responses")) and method == "POST":
+            api = "chat" if path.endswith("/chat/completions") else path.rsplit("/", 1)[1]
+            await self._generate(api, orjson.loads(body), send)
         elif path.endswith("/embeddings") and method == "POST":
             request = orjson.loads(body)
             self.state.requests += 1
@@ -95,7 +97,7 @@ class FakeUpstream:
         else:
             await _send_json(send, {"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
 
-    async def _chat(self, request: dict[str, Any], send: Any) -> None:
+    async def _generate(self, api: str, request: dict[str, Any], send: Any) -> None:
         state = self.state
         state.requests += 1
         state.last_body = request
@@ -108,6 +110,17 @@ class FakeUpstream:
                 send, {"error": {"message": "fake upstream failure", "type": "server_error"}}, state.status
             )
             return
+        if state.mode == "reset":
+            # Headers promise a body that never comes: the connection is cut mid-response.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"id": "cut', "more_body": True})
+            raise ConnectionResetError("fake upstream: connection reset on command")
         if state.mode == "garbage":
             await send(
                 {
@@ -118,12 +131,14 @@ class FakeUpstream:
             )
             await send({"type": "http.response.body", "body": b"{not json"})
             return
-        model, messages = request.get("model", "fake"), request.get("messages", [])
+        model = request.get("model", "fake")
         if not request.get("stream"):
-            await _send_json(send, demo.completion(model, messages))
+            await _send_json(send, demo.answer_for(api, model, request))
             return
+        chunks = demo.stream_for(api, model, request)
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        chunks = demo.chunks(model, messages, include_usage)
+        if api != "responses" and not include_usage:
+            chunks = [c for c in chunks if not c.get("usage")]
         if state.mode == "half_stream":
             chunks = chunks[: len(chunks) // 2]
         await send(
@@ -134,16 +149,12 @@ class FakeUpstream:
             }
         )
         for chunk in chunks:
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                    "more_body": True,
-                }
-            )
+            data = sse_event(chunk) if api == "responses" else b"data: " + orjson.dumps(chunk) + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
             if state.chunk_delay_ms:
                 await asyncio.sleep(state.chunk_delay_ms / 1000)
-        tail = b"" if state.mode == "half_stream" else b"data: [DONE]\n\n"
+        # The Responses API ends with its response.completed event; the others with [DONE].
+        tail = b"" if state.mode == "half_stream" or api == "responses" else b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail})
 
 
@@ -157,7 +168,15 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     app = FakeUpstream(FakeState(latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # Requests told to hang would hold a graceful shutdown forever: give them a second.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions as a raw ASGI endpoint, in front of FastAPI.
+"""The cached endpoints (chat completions, completions, responses, embeddings) as raw ASGI,
+in front of FastAPI.
 
 The chat endpoint is the product's hot path: a cache hit must cost little more than the
 Redis GET it needs. FastAPI's middleware, routing and dependency layers cost several
@@ -15,15 +16,15 @@ from typing import Any
 
 from proxy.auth import authenticate_tenant
 from proxy.calls import Reply, RequestMeta
-from proxy.errors import BodyTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
 from proxy.logs import log_request
 from proxy.responses import error_parts
 from proxy.runtime import Runtime
 from proxy.stats import RequestRecord, classify
 
-CHAT_PATH = "/v1/chat/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
-_ROUTES = frozenset({CHAT_PATH, EMBEDDINGS_PATH})
+# Chat completions, legacy completions, the Responses API (runtime.generation) and embeddings.
+_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", EMBEDDINGS_PATH})
 _WANTED = {
     b"authorization",
     b"content-length",
@@ -32,6 +33,7 @@ _WANTED = {
     b"x-end-user",
     b"x-request-id",
 }
+_LOGGED_PROMPT_BYTES = 4096
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 Scope = dict[str, Any]
 
@@ -51,6 +53,8 @@ class FastPath:
         return self.inner.router
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._headers_fit(scope):
+            return await self._refuse(scope, send)
         if scope["type"] != "http" or scope["path"] not in _ROUTES:
             await self.inner(scope, receive, send)
             return
@@ -67,14 +71,16 @@ class FastPath:
             raw = await _read_body(
                 receive, headers.get("content-length"), runtime.config.server.max_body_bytes
             )
+            if runtime.config.server.log_prompts:  # off by default: prompts are the users' data
+                record.prompt = raw[:_LOGGED_PROMPT_BYTES].decode("utf-8", "replace")
             meta = RequestMeta(
                 headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
             )
-            if path == CHAT_PATH:
-                reply = await runtime.chat.chat(tenant, raw, meta, record)
-            else:
+            if path == EMBEDDINGS_PATH:
                 body, extra = await runtime.embeddings.embed(tenant, raw, record, meta.end_user)
                 reply = Reply(200, extra, body)
+            else:
+                reply = await runtime.generation[path].answer(tenant, raw, meta, record)
         except Exception as exc:
             classify(record, exc)
             status, extra, body = error_parts(exc)
@@ -90,6 +96,18 @@ class FastPath:
             await _send_stream(send, receive, reply, reply.stream)
         finally:
             _finish(runtime, record, request_id, path, reply.status)
+
+    def _headers_fit(self, scope: Scope) -> bool:
+        runtime = getattr(self.inner.state, "runtime", None)  # None before the lifespan ran
+        if runtime is None:
+            return True
+        return sum(len(k) + len(v) for k, v in scope["headers"]) <= runtime.config.server.max_header_bytes
+
+    async def _refuse(self, scope: Scope, send: Any) -> None:
+        limit = self.inner.state.runtime.config.server.max_header_bytes
+        error = HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
+        status, headers, body = error_parts(error)
+        await _send_whole(send, status, headers, body, "application/json")
 
 
 def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:

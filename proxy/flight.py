@@ -10,7 +10,7 @@ leader is noticed within `lock_ms`. A streaming leader also appends each chunk t
 short-lived Redis Stream that streaming followers read live with XREAD BLOCK.
 
     <prefix>:v1:{<ns>}:flight:<digest>          string, the lock (token), PX lock_ms
-    <prefix>:v1:{<ns>}:flight:<digest>:chunks   stream of the leader's chunks, TTL
+    <prefix>:v1:{<ns>}:flight:<digest>:<leader>:chunks   stream of the leader's chunks, TTL
     channel <prefix>:v1:{<ns>}:flight:<digest>  "done" | "failed"
 """
 
@@ -29,8 +29,7 @@ import orjson
 from proxy.config import Config
 from proxy.errors import StoreUnavailable
 from proxy.keys import KEY_VERSION
-from proxy.ratelimit import lua
-from proxy.redis_conn import FAILURES, RedisGate, blocking_client
+from proxy.redis_conn import FAILURES, RedisGate, blocking_client, is_cluster, node_reader, pubsub, script
 
 log = logging.getLogger("llmcp.flight")
 _STREAM_LINGER_MS = 30_000
@@ -47,7 +46,6 @@ class Flight:
     chunks_key: str = ""
     channel: str = ""
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
-    _stream_started: bool = False
 
 
 def flight_lock(prefix: str, namespace: str, digest: str) -> str:
@@ -62,10 +60,12 @@ class SingleFlight:
         self.enabled = cfg.enabled
         self._lock_ms = cfg.lock_ms
         self.wait_s = cfg.wait_ms / 1000
-        self._acquire = gate.client.register_script(lua("flight_acquire.lua"))
-        self._release = gate.client.register_script(lua("flight_release.lua"))
+        self._acquire = script(gate.client, "flight_acquire.lua")
+        self._release = script(gate.client, "flight_release.lua")
         # Blocking reads wait up to lock_ms; they get their own connections and timeout.
-        self._blocking = blocking_client(gate.client, self._lock_ms / 1000 + 5, config.redis.max_connections)
+        self._read_timeout_s = self._lock_ms / 1000 + 5
+        self._blocking = blocking_client(gate.client, self._read_timeout_s, config.redis.max_connections)
+        self._readers: dict[str, Any] = {}  # on a cluster: a blocking reader per node
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
@@ -78,7 +78,10 @@ class SingleFlight:
             lambda r: self._acquire(keys=[lock], args=[token, self._lock_ms], client=r)
         )
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
-        flight = Flight(lock, holder, bool(won), holder.endswith(":s"), f"{lock}:chunks", lock)
+        # The chunk stream is the leader's own: after Redis lost the lock (a restart), a second
+        # leader of the same request must not write into the first one's stream.
+        chunks = f"{lock}:{holder.split(':', 1)[0]}:chunks"
+        flight = Flight(lock, holder, bool(won), holder.endswith(":s"), chunks, lock)
         if flight.leader:
             flight._heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(flight))
         return flight
@@ -96,13 +99,13 @@ class SingleFlight:
         async def write(r: Any) -> None:
             pipe = r.pipeline(transaction=False)
             pipe.xadd(flight.chunks_key, {"c": data}, maxlen=100_000, approximate=True)
-            if not flight._stream_started:
-                pipe.pexpire(flight.chunks_key, self._lock_ms + _STREAM_LINGER_MS)
+            # Every time, in the same round trip: if Redis restarted mid-stream, the stream
+            # is created again and must not be left without a TTL should the leader die.
+            pipe.pexpire(flight.chunks_key, self._lock_ms + _STREAM_LINGER_MS)
             await pipe.execute()
 
         with contextlib.suppress(StoreUnavailable):
             await self._gate.run(write)
-            flight._stream_started = True
 
     async def finish(self, flight: Flight, ok: bool) -> None:
         """Release the lock and wake the followers ("done": the answer is cached)."""
@@ -157,11 +160,12 @@ class SingleFlight:
             raise StoreUnavailable("could not subscribe for single-flight notifications") from None
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
-        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        subscription = None
         try:
-            await pubsub.psubscribe(f"{self._prefix}:{KEY_VERSION}:*:flight:*")
+            subscription = await pubsub(self._blocking)
+            await subscription.psubscribe(f"{self._prefix}:{KEY_VERSION}:*:flight:*")
             subscribed.set()
-            async for message in pubsub.listen():
+            async for message in subscription.listen():
                 if message.get("type") != "pmessage":
                     continue
                 channel = message["channel"].decode()
@@ -175,8 +179,9 @@ class SingleFlight:
                     if not future.done():
                         future.set_result("gone")
         finally:
-            with contextlib.suppress(*FAILURES):
-                await pubsub.aclose()
+            if subscription is not None:
+                with contextlib.suppress(*FAILURES):
+                    await subscription.aclose()
 
     async def follow_stream(self, flight: Flight, timeout_s: float) -> AsyncGenerator[dict[str, Any], None]:
         """The leader's chunks, live, from the first; raises StoreUnavailable if it fails."""
@@ -187,8 +192,13 @@ class SingleFlight:
             block_ms = max(1, int(min(deadline - loop.time(), self._lock_ms / 1000) * 1000))
             reply: Any
             try:
-                reply = await self._blocking.xread({flight.chunks_key: last}, count=100, block=block_ms)
-            except FAILURES as exc:
+                reader = self._blocking
+                if is_cluster(self._gate.client):
+                    reader = node_reader(
+                        self._gate.client, flight.chunks_key, self._read_timeout_s, self._readers
+                    )
+                reply = await reader.xread({flight.chunks_key: last}, count=100, block=block_ms)
+            except Exception as exc:  # FAILURES, and whatever else the client raises: follow no more
                 raise StoreUnavailable(f"reading the shared stream failed: {exc}") from exc
             if not reply:
                 if not await self._gate.run(lambda r: r.exists(flight.lock, flight.chunks_key)):
@@ -209,3 +219,5 @@ class SingleFlight:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._blocking.aclose()
+        for reader in self._readers.values():
+            await reader.aclose()

@@ -25,6 +25,8 @@ import orjson
 from proxy.config import ModelConfig
 
 KEY_VERSION = "v1"
+# Kinds of cached answers: chat completions, legacy completions, Responses API responses.
+ANSWER_KINDS = ("chat", "cmpl", "resp")
 
 # Fields that change delivery, accounting or logging, never the generated answer.
 IGNORED_FIELDS = frozenset(
@@ -77,6 +79,31 @@ def normalize_chat(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def params_digest(
+    body: dict[str, Any],
+    model: ModelConfig,
+    api: str,
+    defaults: dict[str, Any],
+    text_fields: frozenset[str],
+    ignored: frozenset[str] = IGNORED_FIELDS,
+) -> str:
+    """sha256 hex of a non-chat request (legacy completions, Responses API) normalized by
+    the same rules: `text_fields` get NFC, `api` keeps the APIs' digests apart."""
+    out: dict[str, Any] = {}
+    for name, value in body.items():
+        if value is None or name in ignored:
+            continue
+        value = _canon(value, nfc=name in text_fields)
+        if name == "stop" and isinstance(value, str):
+            value = [value]
+        if name in defaults and value == defaults[name] and type(value) is type(defaults[name]):
+            continue
+        out[name] = value
+    out["model"] = [model.litellm_model, model.api_base or ""]
+    out["api"] = api
+    return hashlib.sha256(canonical_bytes(out)).hexdigest()
+
+
 def canonical_bytes(normalized: dict[str, Any]) -> bytes:
     return orjson.dumps(normalized, option=orjson.OPT_SORT_KEYS)
 
@@ -87,8 +114,24 @@ def chat_digest(body: dict[str, Any], model: ModelConfig) -> str:
 
 
 def cache_key(prefix: str, namespace: str, kind: str, digest: str) -> str:
-    """`<prefix>:v1:<tenant or "shared">:<kind>:<sha256 hex>`."""
-    return f"{prefix}:{KEY_VERSION}:{namespace}:{kind}:{digest}"
+    """`<prefix>:v1:<tenant or "shared">:<kind>:{<sha256 hex>}`.
+
+    The digest is the Redis Cluster hash tag: an entry, the request stored beside it and
+    its review keys (`proxy.review`) share one slot, so one script can move them together,
+    while different entries still spread over the whole cluster."""
+    return f"{prefix}:{KEY_VERSION}:{namespace}:{kind}:{{{digest}}}"
+
+
+def sibling_key(key: str, kind: str) -> str:
+    """The key of another kind with the same namespace and digest (`...:chat:{d}` -> `...:req:{d}`)."""
+    head, _, tail = key.rsplit(":", 2)
+    return f"{head}:{kind}:{tail}"
+
+
+def digest_of(key: str | bytes) -> str:
+    """The digest inside a key made by `cache_key`."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.rsplit(":", 1)[-1].strip("{}")
 
 
 def _normalize_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import redis.asyncio as aioredis
 
 from proxy.keys import KEY_VERSION
-from proxy.redis_conn import FAILURES
+from proxy.redis_conn import FAILURES, pubsub
 
 log = logging.getLogger("llmcp.l1")
 _PER_ENTRY_OVERHEAD = 200  # dict slot, key string, tuple: counted against max_bytes
@@ -99,11 +99,12 @@ class L1Subscriber:
 
     async def _run(self) -> None:
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            subscription = None
             try:
-                await pubsub.subscribe(self._channel)
+                subscription = await pubsub(self._client)
+                await subscription.subscribe(self._channel)
                 self._l1.coherent = True
-                async for message in pubsub.listen():
+                async for message in subscription.listen():
                     if message.get("type") == "message":
                         self._l1.invalidate(message["data"].decode())
             except FAILURES as exc:
@@ -111,8 +112,9 @@ class L1Subscriber:
             finally:
                 self._l1.coherent = False
                 self._l1.clear()
-                with contextlib.suppress(*FAILURES):
-                    await pubsub.aclose()
+                if subscription is not None:
+                    with contextlib.suppress(*FAILURES):
+                        await subscription.aclose()
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:

@@ -77,13 +77,10 @@ def log_request(record: RequestRecord, request_id: str, path: str, status: int) 
         "error": record.error or record.limited or "",
         "path": path,
     }
-    access.info(
-        "%s %s %s %s %s %.1fms",
-        request_id,
-        record.tenant,
-        record.model,
-        fields["cache"],
-        status,
-        latency_ms,
-        extra=fields,
-    )
+    message = "%s %s %s %s %s %.1fms"
+    args: list[object] = [request_id, record.tenant, record.model, fields["cache"], status, latency_ms]
+    if record.prompt is not None:  # only with server.log_prompts: true
+        fields["prompt"] = record.prompt
+        message += " %s"
+        args.append(record.prompt)
+    access.info(message, *args, extra=fields)

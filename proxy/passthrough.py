@@ -19,7 +19,10 @@ import orjson
 
 from proxy.config import ModelConfig
 from proxy.errors import ProxyError, UpstreamError, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
-from proxy.upstream import OWN_FIELDS, vectors_in_order
+from proxy.upstream import OWN, vectors_in_order
+
+_OPENAI = "https://api.openai.com/v1"  # an openai/ model without api_base
+_PATHS = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
 
 
 def upstream_model(model: ModelConfig) -> str:
@@ -33,27 +36,31 @@ class PassthroughUpstream:
         self._transport: _Transport = _Aiohttp() if http_client == "aiohttp" else _Httpx()
 
     def _prepare(
-        self, model: ModelConfig, body: dict[str, Any], stream: bool
+        self, model: ModelConfig, body: dict[str, Any], stream: bool, api: str = "chat"
     ) -> tuple[str, bytes, dict[str, str], float]:
-        payload = {k: v for k, v in body.items() if k not in OWN_FIELDS}
+        payload = {k: v for k, v in body.items() if k not in OWN[api]}
         payload["model"] = upstream_model(model)
         if stream:
             payload["stream"] = True
-            payload["stream_options"] = {"include_usage": True}  # stored answers carry usage
+            if api != "responses":  # its final event carries usage anyway
+                payload["stream_options"] = {"include_usage": True}  # stored answers carry usage
         headers = {"content-type": "application/json"}
         if model.api_key:
             headers["authorization"] = f"Bearer {model.api_key}"
-        url = f"{(model.api_base or '').rstrip('/')}/chat/completions"
+        url = f"{(model.api_base or _OPENAI).rstrip('/')}{_PATHS[api]}"
         return url, orjson.dumps(payload), headers, model.timeout_seconds or self._timeout
 
-    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
-        data = _json_answer(*await self._transport.post(*self._prepare(model, body, stream=False)))
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamError("The upstream provider's answer is not a chat completion.")
+    async def complete(self, model: ModelConfig, body: dict[str, Any], api: str = "chat") -> dict[str, Any]:
+        data = _json_answer(*await self._transport.post(*self._prepare(model, body, False, api)))
+        part = "output" if api == "responses" else "choices"
+        if not isinstance(data, dict) or not isinstance(data.get(part), list):
+            raise UpstreamError(f"The upstream provider's answer is not a {api} answer.")
         return data
 
-    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        lines = await self._transport.stream(*self._prepare(model, body, stream=True))
+    async def stream(
+        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        lines = await self._transport.stream(*self._prepare(model, body, True, api))
         return _events(lines)
 
     async def embed(
@@ -67,7 +74,7 @@ class PassthroughUpstream:
         if dimensions is not None:
             payload["dimensions"] = dimensions
         url, _, headers, timeout = self._prepare(model, {}, stream=False)
-        url = url.removesuffix("/chat/completions") + "/embeddings"
+        url = url.removesuffix(_PATHS["chat"]) + "/embeddings"
         data = _json_answer(*await self._transport.post(url, orjson.dumps(payload), headers, timeout))
         return vectors_in_order(data, len(inputs))
 

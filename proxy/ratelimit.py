@@ -15,13 +15,12 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from typing import Any, Literal
 
 from proxy.config import BucketLimits, Config, TenantConfig
 from proxy.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from proxy.keys import KEY_VERSION
-from proxy.redis_conn import RedisGate
+from proxy.redis_conn import RedisGate, script
 
 log = logging.getLogger("llmcp.ratelimit")
 
@@ -30,10 +29,6 @@ _ALLOWED, _WAITED, _DENIED, _TOO_LARGE = 1, 2, 0, -1
 
 
 @cache
-def lua(name: str) -> str:
-    return files("proxy.lua").joinpath(name).read_text(encoding="utf-8")
-
-
 @dataclass(frozen=True, slots=True)
 class Bucket:
     key: str
@@ -101,8 +96,8 @@ class RateLimiter:
     def __init__(self, gate: RedisGate, config: Config) -> None:
         self._gate = gate
         self._config = config
-        self._acquire = gate.client.register_script(lua("acquire.lua"))
-        self._adjust = gate.client.register_script(lua("adjust.lua"))
+        self._acquire = script(gate.client, "acquire.lua")
+        self._adjust = script(gate.client, "adjust.lua")
         self._pending: set[asyncio.Task[list[int]]] = set()
 
     def renewed(self, config: Config) -> RateLimiter:

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from proxy.api_completions import CompletionsApi
+from proxy.api_responses import ResponsesApi
+from proxy.apis import Api
 from proxy.cache import CacheStore
 from proxy.config import Config, load_config
 from proxy.embeddings import EmbeddingService
@@ -22,7 +25,8 @@ from proxy.flight import SingleFlight
 from proxy.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.ratelimit import RateLimiter
 from proxy.redis_conn import RedisGate, blocking_client, connect
-from proxy.service import ChatService
+from proxy.review import ReviewQueue
+from proxy.service import GenerationService
 from proxy.stats import StatsRecorder
 from proxy.stats_report import StatsReport
 from proxy.upstream import Upstreams, preload
@@ -35,11 +39,15 @@ class Runtime:
     config: Config
     redis: aioredis.Redis
     gate: RedisGate
-    chat: ChatService
+    upstreams: Upstreams
+    flight: SingleFlight
+    # One pipeline per cached generation API, by its path under /v1.
+    generation: dict[str, GenerationService]
     limiter: RateLimiter
     stats: StatsRecorder
     report: StatsReport
     embeddings: EmbeddingService
+    review: ReviewQueue
     l1: L1Subscriber | None = None
     l1_cache: L1Cache | None = None
     config_path: str | None = None
@@ -64,7 +72,9 @@ class Runtime:
             config.upstream.timeout_seconds, http_client=config.upstream.http_client
         )
         limiter = RateLimiter(gate, config)
-        chat = ChatService(config, cache, upstreams, limiter, SingleFlight(gate, config))
+        review = ReviewQueue(gate, config)
+        flight = SingleFlight(gate, config)
+        generation = _generation(config, cache, upstreams, limiter, flight, review)
         subscriber = None
         if l1 is not None:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
@@ -72,7 +82,20 @@ class Runtime:
         stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
         embeddings = EmbeddingService(config, gate, upstreams, limiter)
         return cls(
-            config, client, gate, chat, limiter, stats, report, embeddings, subscriber, l1, config_path
+            config,
+            client,
+            gate,
+            upstreams,
+            flight,
+            generation,
+            limiter,
+            stats,
+            report,
+            embeddings,
+            review,
+            subscriber,
+            l1,
+            config_path,
         )
 
     def reload(self, new: Config) -> None:
@@ -95,8 +118,9 @@ class Runtime:
             l1_channel(new.redis.key_prefix),
         )
         limiter = self.limiter.renewed(new)
-        self.chat = ChatService(new, cache, self.chat.upstreams, limiter, self.chat.flight)
-        self.embeddings = EmbeddingService(new, self.gate, self.chat.upstreams, limiter)
+        self.review = ReviewQueue(self.gate, new)
+        self.generation = _generation(new, cache, self.upstreams, limiter, self.flight, self.review)
+        self.embeddings = EmbeddingService(new, self.gate, self.upstreams, limiter)
         self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
 
     def reload_from_file(self) -> Config:
@@ -136,8 +160,27 @@ class Runtime:
     async def close(self) -> None:
         await self.limiter.drain()
         await self.stats.stop()
-        await self.chat.flight.close()
+        await self.flight.close()
         if self.l1 is not None:
             await self.l1.stop()
-        await self.chat.upstreams.aclose()
+        await self.upstreams.aclose()
         await self.redis.aclose()
+
+
+def _generation(
+    config: Config,
+    cache: CacheStore,
+    upstreams: Upstreams,
+    limiter: RateLimiter,
+    flight: SingleFlight,
+    review: ReviewQueue,
+) -> dict[str, GenerationService]:
+    apis: dict[str, Api] = {
+        "/v1/chat/completions": Api(),
+        "/v1/completions": CompletionsApi(),
+        "/v1/responses": ResponsesApi(),
+    }
+    return {
+        path: GenerationService(api, config, cache, upstreams, limiter, flight, review)
+        for path, api in apis.items()
+    }

@@ -81,6 +81,11 @@ class StreamAssembler:
         slot["function"]["arguments"] += fn.get("arguments") or ""
 
     @property
+    def ended(self) -> bool:
+        """A chat stream ends properly when every choice finished (nothing else marks it)."""
+        return self.complete
+
+    @property
     def complete(self) -> bool:
         """Every choice got a finish_reason: the stream was not cut off."""
         return bool(self._choices) and all(c["finish_reason"] for c in self._choices.values())

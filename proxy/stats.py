@@ -98,6 +98,7 @@ class RequestRecord:
     limiter_error: bool = False
     coalesced: bool = False  # served from another request's upstream call (single flight)
     saved_tokens: int = 0  # prompt tokens served from cache on a partial hit (embeddings)
+    prompt: str | None = None  # the request body, only with server.log_prompts (for the log line)
     started: float = field(default_factory=time.perf_counter)
 
 

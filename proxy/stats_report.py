@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from proxy.config import Config
+from proxy.keys import ANSWER_KINDS
 from proxy.prices import cost_usd
 from proxy.redis_conn import RedisGate
 from proxy.stats import LATENCY_BOUNDS_MS, stats_key
@@ -177,8 +178,9 @@ class StatsReport:
 
         async def scan(r: Any) -> dict[str, Any]:
             count, sample = 0, list[Any]()
-            for ns in namespaces:
-                async for key in r.scan_iter(match=f"{prefix}:v1:{ns}:chat:*", count=1000):
+            patterns = [f"{prefix}:v1:{ns}:{kind}:*" for ns in namespaces for kind in ANSWER_KINDS]
+            for pattern in patterns:
+                async for key in r.scan_iter(match=pattern, count=1000):
                     count += 1
                     if len(sample) < _FOOTPRINT_SAMPLE:
                         sample.append(key)

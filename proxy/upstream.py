@@ -56,15 +56,78 @@ CHAT_PARAMS = frozenset(
         "verbosity",
     }
 )
-# Fields of the client's body the proxy handles itself and never forwards.
+# Legacy completion parameters (litellm.atext_completion).
+COMPLETION_PARAMS = frozenset(
+    {
+        "prompt",
+        "suffix",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "logprobs",
+        "echo",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "best_of",
+        "logit_bias",
+        "user",
+        "seed",
+    }
+)
+# Responses API parameters (litellm.aresponses).
+RESPONSES_PARAMS = frozenset(
+    {
+        "input",
+        "include",
+        "instructions",
+        "max_output_tokens",
+        "metadata",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "reasoning",
+        "store",
+        "background",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_p",
+        "truncation",
+        "user",
+        "prompt",
+        "max_tool_calls",
+        "top_logprobs",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+LEGACY_COMPLETION_PROVIDERS = ("openai/", "text-completion-openai/")
+PARAMS = {"chat": CHAT_PARAMS, "completions": COMPLETION_PARAMS, "responses": RESPONSES_PARAMS}
+# Fields of the client's body the proxy handles itself and never forwards. (For chat,
+# `store` and `metadata` would ask OpenAI to keep a copy of a completion the proxy may
+# serve from cache; in the Responses API they are the client's to send.)
 OWN_FIELDS = frozenset({"model", "stream", "stream_options", "metadata", "store"})
+OWN = {
+    "chat": OWN_FIELDS,
+    "completions": frozenset({"model", "stream", "stream_options"}),
+    "responses": frozenset({"model", "stream"}),
+}
 _LITELLM_EXTRAS = ("provider_specific_fields", "cost")
 
 
 class Upstream(Protocol):
-    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]: ...
+    """`api` names the OpenAI API asked for: "chat", "completions" or "responses"."""
 
-    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+    async def complete(
+        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+    ) -> dict[str, Any]: ...
+
+    async def stream(
+        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
     async def embed(
         self, model: ModelConfig, inputs: list[Any], dimensions: int | None
@@ -104,9 +167,10 @@ class LiteLLMUpstream:
     def __init__(self, default_timeout_s: float) -> None:
         self._timeout = default_timeout_s
 
-    def _arguments(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
-        args: dict[str, Any] = {k: v for k, v in body.items() if k in CHAT_PARAMS}
-        extra = {k: v for k, v in body.items() if k not in CHAT_PARAMS and k not in OWN_FIELDS}
+    def _arguments(self, model: ModelConfig, body: dict[str, Any], api: str = "chat") -> dict[str, Any]:
+        params, own = PARAMS[api], OWN[api]
+        args: dict[str, Any] = {k: v for k, v in body.items() if k in params}
+        extra = {k: v for k, v in body.items() if k not in params and k not in own}
         if extra:
             args["extra_body"] = extra
         args.update(
@@ -120,20 +184,31 @@ class LiteLLMUpstream:
             args["api_key"] = model.api_key
         return args
 
-    async def complete(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _call(api: str) -> Any:
         litellm = _litellm()
+        return {"chat": litellm.acompletion, "completions": litellm.atext_completion}.get(
+            api, litellm.aresponses
+        )
+
+    async def complete(self, model: ModelConfig, body: dict[str, Any], api: str = "chat") -> dict[str, Any]:
+        call = self._call(api)
         try:
-            response = await litellm.acompletion(**self._arguments(model, body))
+            response = await call(**self._arguments(model, body, api))
         except Exception as exc:
             raise translate(exc) from exc
-        return clean(response.model_dump(exclude_none=True))
+        return clean(_plain(response))
 
-    async def stream(self, model: ModelConfig, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        litellm = _litellm()
-        args = self._arguments(model, body)
-        args.update(stream=True, stream_options={"include_usage": True})
+    async def stream(
+        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+    ) -> AsyncIterator[dict[str, Any]]:
+        call = self._call(api)
+        args = self._arguments(model, body, api)
+        args["stream"] = True
+        if api != "responses":  # the Responses API reports usage in its final event anyway
+            args["stream_options"] = {"include_usage": True}
         try:
-            wrapper = await litellm.acompletion(**args)
+            wrapper = await call(**args)
         except Exception as exc:
             raise translate(exc) from exc
         return self._chunks(wrapper)
@@ -162,9 +237,16 @@ class LiteLLMUpstream:
 
     @staticmethod
     async def _chunks(wrapper: Any) -> AsyncIterator[dict[str, Any]]:
+        first = True
         try:
             async for chunk in wrapper:
-                yield clean(chunk.model_dump(exclude_none=True))
+                plain = clean(_plain(chunk))
+                if first and _finished_empty(plain):
+                    # litellm turns a body that is not an event stream at all into an empty
+                    # answer that "stopped"; no real stream finishes before saying anything.
+                    raise UpstreamError("The upstream provider's stream was malformed (no events).")
+                first = False
+                yield plain
         except Exception as exc:
             raise translate(exc) from exc
 
@@ -184,9 +266,14 @@ class Upstreams:
         self._demo: Upstream = demo or DemoUpstream()
         self._direct = PassthroughUpstream(default_timeout_s, http_client)
 
-    def for_model(self, model: ModelConfig) -> Upstream:
+    def for_model(self, model: ModelConfig, api: str = "chat") -> Upstream:
         if model.is_demo:
             return self._demo
+        if api == "completions" and model.litellm_model.startswith(LEGACY_COMPLETION_PROVIDERS):
+            # Only OpenAI-compatible servers have the legacy endpoint, and litellm's text
+            # completion stream reports a stream cut off mid-way as finished ("stop", with
+            # estimated usage), which would cache a truncated answer. Called directly.
+            return self._direct
         return self._direct if model.passthrough else self._litellm
 
     async def aclose(self) -> None:
@@ -205,6 +292,19 @@ def vectors_in_order(response: dict[str, Any], expected: int) -> tuple[list[list
         raise UpstreamError("The upstream provider returned embeddings that are not float arrays.")
     usage = response.get("usage") or {}
     return vectors, int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+
+
+def _finished_empty(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices") or []
+    return bool(choices) and all(
+        c.get("finish_reason") and not any((c.get("delta") or {}).values()) and not c.get("text")
+        for c in choices
+    )
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    """A litellm object as plain JSON types (its Responses API events carry enum members)."""
+    return model.model_dump(mode="json", exclude_none=True)
 
 
 def clean(obj: dict[str, Any]) -> dict[str, Any]:

@@ -39,34 +39,34 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _number_in(lo: float, hi: float) -> Callable[[object], bool]:
+def number_in(lo: float, hi: float) -> Callable[[object], bool]:
     return lambda v: _is_number(v) and lo <= v <= hi  # type: ignore[operator]
 
 
-def _int_in(lo: int, hi: int) -> Callable[[object], bool]:
+def int_in(lo: int, hi: int) -> Callable[[object], bool]:
     return lambda v: _is_int(v) and lo <= v <= hi  # type: ignore[operator]
 
 
-def _stop(v: object) -> bool:
+def stop_ok(v: object) -> bool:
     if isinstance(v, str):
         return True
     return isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v)
 
 
 # param -> (check, what it must be). None is always allowed: it means "not set".
-_PARAMS: dict[str, tuple[Callable[[object], bool], str]] = {
+CHAT_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
-    "temperature": (_number_in(0, 2), "a number between 0 and 2"),
-    "top_p": (_number_in(0, 1), "a number between 0 and 1"),
-    "n": (_int_in(1, 128), "an integer between 1 and 128"),
-    "max_tokens": (_int_in(1, 10_000_000), "a positive integer"),
-    "max_completion_tokens": (_int_in(1, 10_000_000), "a positive integer"),
-    "presence_penalty": (_number_in(-2, 2), "a number between -2 and 2"),
-    "frequency_penalty": (_number_in(-2, 2), "a number between -2 and 2"),
+    "temperature": (number_in(0, 2), "a number between 0 and 2"),
+    "top_p": (number_in(0, 1), "a number between 0 and 1"),
+    "n": (int_in(1, 128), "an integer between 1 and 128"),
+    "max_tokens": (int_in(1, 10_000_000), "a positive integer"),
+    "max_completion_tokens": (int_in(1, 10_000_000), "a positive integer"),
+    "presence_penalty": (number_in(-2, 2), "a number between -2 and 2"),
+    "frequency_penalty": (number_in(-2, 2), "a number between -2 and 2"),
     "seed": (_is_int, "an integer"),
     "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
-    "top_logprobs": (_int_in(0, 20), "an integer between 0 and 20"),
-    "stop": (_stop, "a string or a list of at most 4 strings"),
+    "top_logprobs": (int_in(0, 20), "an integer between 0 and 20"),
+    "stop": (stop_ok, "a string or a list of at most 4 strings"),
     "user": (lambda v: isinstance(v, str), "a string"),
     "stream_options": (lambda v: isinstance(v, dict), "an object"),
     "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "a list of objects"),
@@ -79,15 +79,26 @@ _PARAMS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
+Checks = dict[str, tuple[Callable[[object], bool], str]]
+
+
 def check_chat_request(body: dict[str, Any]) -> None:
     """Raise InvalidRequest (with `param`) unless the body is a plausible chat request."""
+    check_model(body)
+    _check_messages(body.get("messages"))
+    check_params(body, CHAT_CHECKS)
+
+
+def check_model(body: dict[str, Any]) -> None:
     model = body.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
-    _check_messages(body.get("messages"))
-    for name, (ok, what) in _PARAMS.items():
+
+
+def check_params(body: dict[str, Any], checks: Checks) -> None:
+    for name, (ok, what) in checks.items():
         value = body.get(name)
         if value is not None and not ok(value):
             raise InvalidRequest(f"Invalid value for '{name}': expected {what}.", param=name)

@@ -29,6 +29,15 @@ UPSTREAM_BASE = "http://upstream.test/v1"
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`LLMCP_TEST_CLUSTER=1`: a 3-primary Redis Cluster started for the session (the whole
+    suite then runs against it); else `REDIS_URL`; else an embedded server."""
+    if os.environ.get("LLMCP_TEST_CLUSTER") == "1":
+        from tests.servers import RedisClusterProcesses
+
+        cluster = RedisClusterProcesses(tmp_path_factory.mktemp("cluster")).start()
+        yield cluster.url
+        cluster.stop()
+        return
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
@@ -42,9 +51,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_sync(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
+
+
+def sync_client(url: str) -> redis.Redis:
+    """A plain client, or the cluster client (scans every primary, splits multi-key calls)."""
+    if "," not in url:
+        return redis.Redis.from_url(url)
+    from redis.cluster import ClusterNode, RedisCluster
+
+    nodes = [ClusterNode("127.0.0.1", int(u.rsplit(":", 1)[1])) for u in url.split(",")]
+    return RedisCluster(startup_nodes=nodes)  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -177,3 +196,21 @@ def openai_sse(pieces: list[str], finish: bool = True, usage: bool = True) -> by
             )
     body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in out)
     return body + (b"data: [DONE]\n\n" if finish else b"")
+
+
+def sdk(client: httpx.AsyncClient, tenant: str = "acme") -> Any:
+    """The official openai SDK, talking to the in-process app through `client`."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        base_url="http://proxy/v1", api_key=TENANT_KEYS[tenant], http_client=client, max_retries=0
+    )
+
+
+@pytest.fixture
+def upstream() -> Iterator[Any]:
+    """respx in front of the provider's HTTP API: an unmocked request fails the test."""
+    import respx
+
+    with respx.mock(assert_all_mocked=True) as mock:
+        yield mock

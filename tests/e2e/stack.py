@@ -86,6 +86,7 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=15)
 
 
 def start_stack(work: Path, redis_url: str, workers: int = 1, **sections: Any) -> Stack:
@@ -134,3 +135,18 @@ def stop_stack(stack: Stack, redis_sync: redis.Redis) -> None:
         redis_sync.unlink(*keys)
     log = (stack.work / "proxy.log").read_text()
     assert "Traceback" not in log, log
+
+
+def cli(stack: Stack, *args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    """Run `llm-cache-proxy <args> --config <the stack's>` in a child, which must not import litellm."""
+    code = (
+        "import sys; from proxy.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'litellm' not in sys.modules, 'the CLI imported litellm'; sys.exit(rc)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args, "--config", str(stack.work / "config.yaml")],
+        env=child_env(REDIS_URL=redis_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

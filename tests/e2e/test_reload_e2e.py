@@ -27,6 +27,7 @@ class Traffic:
     def __init__(self, stack: Stack) -> None:
         self.url = f"{stack.base_url}/chat/completions"
         self.codes: list[int] = []
+        self.reconnects = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
@@ -37,7 +38,15 @@ class Traffic:
             while not self._stop.is_set():
                 i += 1
                 body = {"model": "demo", "messages": [{"role": "user", "content": f"t{i % 20}"}]}
-                self.codes.append(client.post(self.url, json=body, headers=headers).status_code)
+                try:
+                    response = client.post(self.url, json=body, headers=headers)
+                except httpx.RemoteProtocolError:
+                    # A worker being replaced closed this idle keep-alive connection just as
+                    # the request went out (HTTP/1.1's keep-alive race: the request was never
+                    # read). Clients retry that on a new connection, as the openai SDK does.
+                    self.reconnects += 1
+                    response = client.post(self.url, json=body, headers=headers)
+                self.codes.append(response.status_code)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -86,6 +95,7 @@ def test_sighup_reloads_without_dropping_requests(stack: Stack) -> None:
             time.sleep(0.2)
         time.sleep(0.5)
     assert traffic.codes and set(traffic.codes) == {200}, traffic.codes
+    assert traffic.reconnects <= 2  # at most one closed keep-alive connection per replaced worker
 
     # A broken file: the process stays up and the config in force does not change.
     good = path.read_text()

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import ADMIN_KEY, TENANT_KEYS
-from tests.e2e.stack import Stack, start_stack, stop_stack
-from tests.servers import child_env
+from tests.e2e.stack import Stack, cli, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -74,20 +72,6 @@ def report(stack: Stack) -> dict:
         if body["windows"]["all"]["totals"]["requests"] >= 19:
             return body
     raise AssertionError("stats never reached 19 requests")
-
-
-def cli(stack: Stack, *args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import sys; from proxy.cli import main; rc = main(sys.argv[1:]); "
-        "assert 'litellm' not in sys.modules, 'the CLI imported litellm'; sys.exit(rc)"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code, *args, "--config", str(stack.work / "config.yaml")],
-        env=child_env(REDIS_URL=redis_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_counters_across_two_workers(stack: Stack) -> None:

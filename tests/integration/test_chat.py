@@ -216,7 +216,7 @@ async def test_ttl_defaults_overrides_and_header(
     async def ttl_of(content: str, headers: dict[str, str]) -> int:
         response = await client.post(CHAT, json=body(content), headers={**auth(), **headers})
         digest = response.headers["x-cache-key"]
-        return int(redis_sync.ttl(f"{key_prefix}:v1:acme:chat:{digest}"))
+        return int(redis_sync.ttl(f"{key_prefix}:v1:acme:chat:{{{digest}}}"))
 
     assert 3590 < await ttl_of("a", {}) <= 3600
     assert 50 < await ttl_of("b", {"X-Cache-TTL": "60"}) <= 60
@@ -246,7 +246,7 @@ async def test_tenant_ttl_wins_over_model_ttl(
     client = await make_client(models=models, tenants=tenants)
     for tenant, expected in (("acme", 100), ("globex", 300)):
         r = await client.post(CHAT, json=body(), headers=auth(tenant))
-        ttl = redis_sync.ttl(f"{key_prefix}:v1:{tenant}:chat:{r.headers['x-cache-key']}")
+        ttl = redis_sync.ttl(f"{key_prefix}:v1:{tenant}:chat:{{{r.headers['x-cache-key']}}}")
         assert expected - 5 < ttl <= expected
 
 
@@ -293,3 +293,37 @@ async def test_every_key_written_has_a_ttl(
         )
     assert len(cache_keys(redis_sync, key_prefix)) == 10
     assert keys_without_ttl(redis_sync, key_prefix) == []
+
+
+async def test_a_stream_past_max_stream_seconds_is_cut_with_an_error_and_not_cached(make_client: Any) -> None:
+    from proxy.demo import DemoUpstream
+    from proxy.upstream import Upstreams
+
+    slow = Upstreams(5, demo=DemoUpstream(latency_s=0, chunk_delay_s=0.05))
+    client = await make_client(upstreams=slow, server={"max_stream_seconds": 0.2})
+    body = {"model": "demo", "messages": [{"role": "user", "content": "a b c d e f g h i j"}], "stream": True}
+    for _ in range(2):
+        response = await client.post("/v1/chat/completions", json=body, headers=auth())
+        events = sse_events(response.content)
+        assert response.headers["x-cache"] == "MISS"
+        assert events[-1]["error"]["code"] == "upstream_timeout" and "[DONE]" not in events
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+async def test_prompts_reach_the_log_only_with_log_prompts(
+    make_client: Any, caplog: pytest.LogCaptureFixture, log_prompts: bool
+) -> None:
+    import logging
+
+    from proxy.demo import DemoUpstream
+    from proxy.upstream import Upstreams
+
+    client = await make_client(
+        upstreams=Upstreams(5, demo=DemoUpstream(latency_s=0)), server={"log_prompts": log_prompts}
+    )
+    body = {"model": "demo", "messages": [{"role": "user", "content": "my secret plan"}]}
+    with caplog.at_level(logging.INFO, logger="llmcp.access"):
+        assert (await client.post("/v1/chat/completions", json=body, headers=auth())).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "llmcp.access"]
+    assert lines and any("my secret plan" in line for line in lines) == log_prompts
+    assert not any("sk-acme-test-key" in line for line in lines)

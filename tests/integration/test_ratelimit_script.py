@@ -12,8 +12,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.ratelimit import lua
-from tests.conftest import own_keys
+from proxy.redis_conn import script as lua_script
+from tests.conftest import own_keys, sync_client
 
 
 @dataclass
@@ -76,7 +76,7 @@ step = st.tuples(st.integers(0, 5_000_000), st.lists(st.integers(0, 1200), min_s
 def test_script_matches_the_reference_model(
     redis_sync: redis.Redis, key_prefix: str, params: list[tuple[int, int]], steps: list[Any], max_wait: int
 ) -> None:
-    script = redis_sync.register_script(lua("acquire.lua"))
+    script = lua_script(redis_sync, "acquire.lua")
     tag = uuid.uuid4().hex[:8]
     keys = [f"{key_prefix}:v1:{{t{tag}}}:rl:b{i}" for i in range(len(params))]
     model = Model([ModelBucket(rpm, cap) for rpm, cap in params])
@@ -91,8 +91,8 @@ def test_script_matches_the_reference_model(
 
 
 def test_adjust_refunds_and_debits_below_zero(redis_sync: redis.Redis, key_prefix: str) -> None:
-    acquire = redis_sync.register_script(lua("acquire.lua"))
-    adjust = redis_sync.register_script(lua("adjust.lua"))
+    acquire = lua_script(redis_sync, "acquire.lua")
+    adjust = lua_script(redis_sync, "adjust.lua")
     key = f"{key_prefix}:v1:{{adj}}:rl:tokens"
     now = 1_000_000_000_000
     assert acquire(keys=[key], args=[0, now, 60, 100, 80])[3] == 20
@@ -105,7 +105,7 @@ def test_adjust_refunds_and_debits_below_zero(redis_sync: redis.Redis, key_prefi
 
 
 def test_all_or_nothing(redis_sync: redis.Redis, key_prefix: str) -> None:
-    script = redis_sync.register_script(lua("acquire.lua"))
+    script = lua_script(redis_sync, "acquire.lua")
     keys = [f"{key_prefix}:v1:{{aon}}:rl:a", f"{key_prefix}:v1:{{aon}}:rl:b"]
     now = 5_000_000
     assert int(script(keys=keys, args=[0, now, 60, 10, 5, 60, 3, 3])[0]) == 1
@@ -117,8 +117,8 @@ def test_all_or_nothing(redis_sync: redis.Redis, key_prefix: str) -> None:
 
 
 def _hammer(url: str, key: str, attempts: int, out: Any) -> None:
-    client = redis.Redis.from_url(url)
-    script = client.register_script(lua("acquire.lua"))
+    client = sync_client(url)
+    script = lua_script(client, "acquire.lua")
     allowed = sum(int(script(keys=[key], args=[0, "", 1, 50, 1])[0]) == 1 for _ in range(attempts))
     out.put(allowed)
     client.close()
@@ -145,7 +145,7 @@ def test_refill_over_real_time_matches_the_rate(redis_sync: redis.Redis, key_pre
     """600/min = 10/s from an empty bucket of 10: about 10 more are allowed a second later."""
     import time
 
-    script = redis_sync.register_script(lua("acquire.lua"))
+    script = lua_script(redis_sync, "acquire.lua")
     key = f"{key_prefix}:v1:{{refill}}:rl:requests"
     taken = sum(int(script(keys=[key], args=[0, "", 600, 10, 1])[0]) == 1 for _ in range(15))
     assert taken == 10

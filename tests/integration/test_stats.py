@@ -198,11 +198,16 @@ async def test_purge_is_scoped(
     assert rest.json()["deleted"] == 3
     after = set(own_keys(redis_sync, key_prefix))
     gone = before - after
-    assert len(gone) == 4
-    assert all(k.startswith(f"{key_prefix}:v1:acme:chat:".encode()) for k in gone)
+    assert len(gone) == 8  # 4 answers and the 4 requests kept beside them
+    assert all(
+        k.startswith((f"{key_prefix}:v1:acme:chat:".encode(), f"{key_prefix}:v1:acme:req:".encode()))
+        for k in gone
+    )
     assert len([k for k in after if b":globex:chat:" in k]) == 4
+    assert len([k for k in after if b":globex:req:" in k]) == 4
     assert any(b"{acme}:rl:" in k for k in after) and any(b"{acme}:stats:" in k for k in after)
     assert (await client.delete("/admin/cache", headers=auth("admin"))).status_code == 400
     everything = await client.delete("/admin/cache?all=true", headers=auth("admin"))
     assert everything.json()["deleted"] == 4
     assert cache_keys(redis_sync, key_prefix) == []
+    assert not [k for k in own_keys(redis_sync, key_prefix) if b":req:" in k]

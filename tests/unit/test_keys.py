@@ -162,4 +162,4 @@ def test_explicit_false_is_not_the_integer_zero() -> None:
 
 def test_key_layout() -> None:
     digest = "ab" * 32
-    assert cache_key("llmcp", "acme", "chat", digest) == f"llmcp:v1:acme:chat:{digest}"
+    assert cache_key("llmcp", "acme", "chat", digest) == f"llmcp:v1:acme:chat:{{{digest}}}"

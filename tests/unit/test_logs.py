@@ -41,3 +41,14 @@ def test_log_config_applies_everywhere() -> None:
     assert config["formatters"]["main"] == {"()": "proxy.logs.JsonFormatter"}
     assert config["loggers"]["llmcp.access"]["level"] == "WARNING"
     assert log_config("debug", "text")["loggers"]["llmcp.access"]["level"] == "DEBUG"
+
+
+def test_prompts_are_logged_only_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    quiet = RequestRecord(tenant="acme", model="gpt", cache="MISS")
+    chatty = RequestRecord(tenant="acme", model="gpt", cache="MISS", prompt='{"messages": "secret plan"}')
+    with caplog.at_level(logging.INFO, logger="llmcp.access"):
+        log_request(quiet, "req-1", "/v1/chat/completions", 200)
+        log_request(chatty, "req-2", "/v1/chat/completions", 200)
+    first, second = caplog.records
+    assert "secret plan" not in first.getMessage() and not hasattr(first, "prompt")
+    assert "secret plan" in second.getMessage() and second.prompt == chatty.prompt  # type: ignore[attr-defined]
