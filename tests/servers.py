@@ -42,7 +42,7 @@ class RedisProcess:
     def start(self, *extra: str) -> RedisProcess:
         """Start and wait until it listens. If redis-server exits first (a port taken
         since we chose it, say), raise RedisStartError with what it printed."""
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; stop() closes it
         self._proc = subprocess.Popen(
             [
                 redis_server_binary(),
