@@ -40,6 +40,9 @@ class ServerConfig(_Strict):
     # A stream longer than this is ended with an error event (and not cached): each wait for
     # the provider's next chunk is bounded by upstream.timeout_seconds, the whole by this.
     max_stream_seconds: float = Field(600, gt=0)
+    # Poll the config file this often and reload it when its content changes (an edit, a
+    # ConfigMap update); 0 turns the watch off. SIGHUP and POST /admin/reload work either way.
+    watch_config_seconds: float = Field(2.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
     log_format: Literal["text", "json"] = "text"

@@ -19,6 +19,7 @@ from proxy.api_responses import ResponsesApi
 from proxy.apis import Api
 from proxy.cache import CacheStore
 from proxy.config import Config, load_config
+from proxy.config_watch import ConfigWatcher, file_digest
 from proxy.embeddings import EmbeddingService
 from proxy.errors import ConfigError
 from proxy.flight import SingleFlight
@@ -51,6 +52,7 @@ class Runtime:
     l1: L1Subscriber | None = None
     l1_cache: L1Cache | None = None
     config_path: str | None = None
+    watcher: ConfigWatcher | None = None
 
     @classmethod
     def build(
@@ -127,6 +129,8 @@ class Runtime:
         """Re-read the config file; on any error the running config stays and ConfigError says why."""
         if self.config_path is None:
             raise ConfigError("this process was not started from a config file")
+        if self.watcher is not None:  # this version is being tried now: the watch skips it
+            self.watcher.seen = file_digest(self.config_path)
         try:
             new = load_config(self.config_path, os.environ)
             self.reload(new)
@@ -143,6 +147,10 @@ class Runtime:
 
     async def start(self) -> None:
         self.stats.start()
+        interval = self.config.server.watch_config_seconds
+        if self.config_path is not None and interval > 0:
+            self.watcher = ConfigWatcher(self.config_path, interval, self.reload_from_file)
+            self.watcher.start()
         if self.l1 is not None:
             self.l1.start()
         if not await self.gate.ping():
@@ -158,6 +166,8 @@ class Runtime:
         gc.freeze()
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.limiter.drain()
         await self.stats.stop()
         await self.flight.close()

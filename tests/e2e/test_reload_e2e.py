@@ -76,7 +76,19 @@ def edit_config(path: Path, add_tenant: bool = True, broken: bool = False) -> No
 def stack(
     request: Any, tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_sync: redis.Redis
 ) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("e2e-reload"), redis_url, workers=request.param)
+    # The file watch is off: these tests show that SIGHUP alone reloads.
+    no_watch = {"watch_config_seconds": 0}
+    stack = start_stack(tmp_path_factory.mktemp("e2e-reload"), redis_url, request.param, server=no_watch)
+    yield stack
+    stop_stack(stack, redis_sync)
+
+
+@pytest.fixture
+def watched(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_sync: redis.Redis
+) -> Iterator[Stack]:
+    watch = {"watch_config_seconds": 0.2}
+    stack = start_stack(tmp_path_factory.mktemp("e2e-watch"), redis_url, 2, server=watch)
     yield stack
     stop_stack(stack, redis_sync)
 
@@ -115,3 +127,23 @@ def test_sighup_reloads_without_dropping_requests(stack: Stack) -> None:
     assert accepts(stack, NEW_KEY)
     assert "Traceback" not in log.read_text()
     path.write_text(good)
+
+
+def test_an_edit_alone_reaches_every_worker(watched: Stack) -> None:
+    """No signal: each of two workers sees the file change and reloads in place."""
+    path = watched.work / "config.yaml"
+    assert not accepts(watched, NEW_KEY)
+    with Traffic(watched) as traffic:
+        time.sleep(0.3)
+        edit_config(path)
+        deadline = time.monotonic() + 15
+        while not accepts(watched, NEW_KEY):
+            assert time.monotonic() < deadline, "the new tenant never became valid"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        # Fresh connections land on either worker: every one must know the new tenant.
+        assert all(accepts(watched, NEW_KEY) for _ in range(20))
+    assert traffic.codes and set(traffic.codes) == {200}, traffic.codes
+    assert traffic.reconnects == 0  # reloaded in place: no worker was replaced
+    log = (watched.work / "proxy.log").read_text()
+    assert log.count("config reloaded from") == 2, log[-3000:]  # once in each worker
