@@ -80,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=server.access_log and server.log_level in ("debug", "info"),
             log_config=logging_setup,
             timeout_graceful_shutdown=30,
+            # A worker replaced by a rolling restart (SIGHUP) imports litellm before it is
+            # ready (~4 s, more on a busy host); past this, uvicorn keeps the old worker.
+            timeout_worker_healthcheck=server.worker_start_timeout_seconds,
             lifespan="on",  # a startup that fails must stop the server, not serve without a runtime
         )
     finally:

@@ -43,6 +43,10 @@ class ServerConfig(_Strict):
     # Poll the config file this often and reload it when its content changes (an edit, a
     # ConfigMap update); 0 turns the watch off. SIGHUP and POST /admin/reload work either way.
     watch_config_seconds: float = Field(2.0, ge=0)
+    # How long a worker started by a rolling restart may take to be ready before uvicorn
+    # gives up on it and keeps the old one (uvicorn's own default of 5 s is about what
+    # importing litellm takes).
+    worker_start_timeout_seconds: int = Field(60, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
     log_format: Literal["text", "json"] = "text"
