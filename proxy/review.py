@@ -113,10 +113,15 @@ class ReviewQueue:
         outcome, flags = await self._gate.run(lambda r: self._mark(keys, argv))
         outcome = outcome.decode()
         dropped = 0
-        if outcome == "queued":
+        # A flag on a pending item indexes it again too: the cap may have dropped it from the
+        # queue, and an answer flagged anew belongs in front of reviewers (ZADD NX keeps the
+        # place of one still queued). The queue is in the namespace's slot, the item in the
+        # digest's, hence two scripts.
+        if outcome in ("queued", "counted"):
             queue = [self.queue_key(namespace), self.dropped_key(namespace)]
             args: list[str | int] = [now, digest, self._review.max_items, retention]
             dropped = int(await self._gate.run(lambda r: self._enqueue(queue, args)))
+        if outcome == "queued":
             # Only now is the item indexed: a flag retried after a failure here indexes it again.
             item = self._keys(namespace, digest)[2]
             await self._gate.run(lambda r: r.hset(item, "indexed", 1))

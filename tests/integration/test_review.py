@@ -223,14 +223,35 @@ async def test_queue_stays_under_its_cap_under_many_concurrent_flags(
     assert Counter(r.status_code for r in first) == {201: 12}
     queue = f"{key_prefix}:v1:{{acme}}:rv:queue"
     assert redis_sync.zcard(queue) == 5
+    assert int(redis_sync.get(f"{key_prefix}:v1:{{acme}}:rv:dropped") or 0) == 7
     again = await asyncio.gather(*(client.post(FLAGS, json={"key": d}, headers=auth()) for d in digests * 2))
     assert Counter(r.status_code for r in again) == {200: 24}
     assert redis_sync.zcard(queue) == 5
     listing = (await client.get("/admin/review?tenant=acme", headers=auth("admin"))).json()
-    assert len(listing["data"]) == 5 and listing["queues"]["acme"] == {"pending": 5, "dropped": 7}
+    # Re-flagged items come back into the queue and push older ones out: still 5 at most.
+    assert len(listing["data"]) == 5 and listing["queues"]["acme"]["pending"] == 5
+    assert listing["queues"]["acme"]["dropped"] >= 7
     assert all(i["flags"] == 3 for i in listing["data"])
     assert keys_without_ttl(redis_sync, key_prefix) == []
     assert all(redis_sync.pttl(k) > 0 for k in own_keys(redis_sync, key_prefix) if b":rv:" in k)
+
+
+async def test_a_flag_brings_back_an_item_the_cap_dropped(make_client: Any, upstream: Any) -> None:
+    client = await make_client(review={"max_items": 2})
+    answers(upstream, "x")
+    a, b, c = [(await cached(client, content=f"cap {n}")).headers["x-cache-key"] for n in "abc"]
+    for digest in (a, b, c):
+        assert (await client.post(FLAGS, json={"key": digest}, headers=auth())).status_code == 201
+        await asyncio.sleep(0.01)  # distinct queue times: the oldest is dropped first
+
+    async def queued() -> tuple[set[str], int]:
+        listing = (await client.get("/admin/review?tenant=acme", headers=auth("admin"))).json()
+        return {i["id"] for i in listing["data"]}, listing["queues"]["acme"]["dropped"]
+
+    assert await queued() == ({b, c}, 1)
+    again = await client.post(FLAGS, json={"key": a, "reason": "still wrong"}, headers=auth())
+    assert again.status_code == 200 and again.json()["flags"] == 2
+    assert await queued() == ({c, a}, 2)  # a is back, in front of reviewers; b made room
 
 
 async def test_concurrent_decisions_on_one_item_exactly_one_wins(make_client: Any, upstream: Any) -> None:
