@@ -3,6 +3,9 @@ provider (`python -m proxy.fake_upstream`), on loopback ports, sharing the test 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -72,13 +75,22 @@ def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -
 
 
 def spawn(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A server in a process group of its own, so `stop` can reach its workers too."""
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
 def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL for whatever is left of each process group:
+    a supervisor killed mid-restart would otherwise leave its workers serving, and eating
+    CPU, for the rest of the suite."""
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -87,6 +99,8 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def start_stack(work: Path, redis_url: str, workers: int = 1, **sections: Any) -> Stack:

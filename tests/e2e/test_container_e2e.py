@@ -50,6 +50,7 @@ def test_the_image_entrypoint_serves_and_passes_its_healthcheck(
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # `stop` cleans up the whole group
         )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/readyz")
