@@ -19,7 +19,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from proxy.keys import sibling_key
 from proxy.l1 import L1Cache
@@ -119,6 +119,11 @@ def decode_entry(raw: bytes) -> Entry | None:
     return Entry(body, meta.stored_at_ms, meta.prompt_tokens, meta.completion_tokens, meta.model)
 
 
+# What a put did: stored, or not because the answer is over cache.max_entry_bytes or the key
+# holds an answer a reviewer pinned.
+Stored = Literal["stored", "too_large", "pinned"]
+
+
 class CacheStore:
     """Get and put whole responses; every key written carries a TTL."""
 
@@ -168,20 +173,18 @@ class CacheStore:
         ttl_seconds: int,
         model: str = "",
         request: bytes | None = None,
-    ) -> bool:
-        """Store a complete answer (and, when given, its request beside it, for reviewers),
-        in one round trip; False (nothing written) when it is over the size cap."""
+    ) -> Stored:
+        """Store a complete answer (and, when given, its request beside it, for reviewers)
+        in one round trip, unless it is over the size cap or a reviewer pinned the answer
+        this key holds."""
         if len(body) > self.max_entry_bytes:
-            return False
+            return "too_large"
         now_ms = int(time.time() * 1000)
         value = encode_entry(body, prompt_tokens, completion_tokens, self._compress_min, now_ms, model)
-        if not self._l1_channel and request is None:
-            await self._gate.run(lambda r: r.set(key, value, ex=ttl_seconds))
-            return True
-        # SET, the request beside it and the L1 announcement in one round trip (lua/store.lua).
-        keys, args = [key], [value, ttl_seconds, self._l1_channel]
+        # The pin check, SET, the request beside it and the L1 announcement (lua/store.lua).
+        keys, args = [key, sibling_key(key, "rv:item")], [value, ttl_seconds, self._l1_channel]
         if request is not None:
             keys.append(sibling_key(key, "req"))
             args.append(pack_blob(request, self._compress_min))
-        await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
-        return True
+        done = await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
+        return "stored" if done == 1 else "pinned"

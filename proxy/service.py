@@ -320,7 +320,7 @@ class GenerationService:
         prompt, completion = usage or (0, 0)
         review = self.config.review
         try:
-            stored = await self.cache.put(
+            outcome = await self.cache.put(
                 call.key,
                 body,
                 prompt,
@@ -330,12 +330,12 @@ class GenerationService:
                 orjson.dumps(call.body) if review.keep_prompts else None,
             )
             digest = call.headers["X-Cache-Key"]
-            if stored and is_sampled(digest, review.sample_rate):
+            if outcome == "stored" and is_sampled(digest, review.sample_rate):
                 await self.review.sample(
                     self.config.cache.namespace(call.tenant.name), digest, call.api.key_kind
                 )
         except StoreUnavailable:
             return False
-        if not stored:
+        if outcome == "too_large":
             log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
-        return stored
+        return outcome == "stored"

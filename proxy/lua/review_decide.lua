@@ -58,7 +58,12 @@ else
 end
 redis.call('HDEL', item, 'quarantined')
 redis.call('HSET', item, 'state', new_state, 'decided_by', ARGV[3], 'decided_ms', now)
-redis.call('PEXPIRE', item, ARGV[4])
+-- A pinned item lives as long as its pin: lua/store.lua reads it to keep the pinned answer.
+local keep = tonumber(ARGV[4])
+if new_state == 'pinned' and tonumber(ARGV[5]) > keep then
+  keep = tonumber(ARGV[5])
+end
+redis.call('PEXPIRE', item, keep)
 if ARGV[7] ~= '' then
   redis.call('PUBLISH', ARGV[7], 'k ' .. KEYS[1])
 end

@@ -132,6 +132,35 @@ async def test_approve_keeps_and_pin_extends_within_the_cap(
     assert keys_without_ttl(redis_sync, key_prefix) == []
 
 
+async def test_a_pinned_answer_outlives_no_cache_requests_until_it_expires(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    client = await make_client(review={"retention_seconds": 3600})
+    answers(upstream, "Canberra", "Sydney", "Perth")
+    digest = (await cached(client)).headers["x-cache-key"]
+    await client.post(FLAGS, json={"key": digest}, headers=auth())
+    pin = {"decision": "pin", "tenant": "acme", "ttl_seconds": 50_000}
+    assert (await client.post(f"/admin/review/{digest}/decision", json=pin, headers=auth("admin"))).is_success
+    entry = cache_key(key_prefix, "acme", "chat", digest)
+    item = sibling_key(entry, "rv:item")
+    assert redis_sync.pttl(item) > 3600 * 1000  # the pin's marker lives as long as the pin
+
+    def content(r: httpx.Response) -> str:
+        return str(r.json()["choices"][0]["message"]["content"])
+
+    # A client asking for a fresh answer gets one, but the verified answer stays cached.
+    fresh = await client.post(CHAT, json=ask(), headers={**auth(), "Cache-Control": "no-cache"})
+    assert fresh.status_code == 200 and content(fresh) == "Sydney"
+    again = await cached(client)
+    assert again.headers["x-cache"] == "HIT" and content(again) == "Canberra"
+    assert redis_sync.ttl(entry) > 49_000
+
+    # Once the pinned answer is gone (expired, purged), the key is cached as usual again.
+    redis_sync.delete(entry)
+    assert (await cached(client)).headers["x-cache"] == "MISS"
+    assert content(await cached(client)) == "Perth"
+
+
 async def test_approving_a_quarantined_answer_serves_it_again(make_client: Any, upstream: Any) -> None:
     client = await make_client()
     route = answers(upstream, "Canberra")
