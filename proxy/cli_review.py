@@ -10,21 +10,17 @@ from typing import Any
 
 import orjson
 
-from proxy.cli_tools import with_redis
+from proxy.cli_tools import tenant_names, with_redis
 from proxy.config import Config
 from proxy.redis_conn import RedisGate
 from proxy.review import ReviewQueue
 
 
 def _namespaces(config: Config, tenant: str | None) -> list[str] | None:
+    """Where review items live: every (or one) tenant, or `shared` with cache.scope shared."""
     if config.cache.scope == "shared":
         return ["shared"]
-    if tenant is None:
-        return [t.name for t in config.tenants]
-    if tenant not in config.tenant_index:
-        print(f"llm-cache-proxy: no tenant named {tenant!r}", file=sys.stderr)
-        return None
-    return [tenant]
+    return tenant_names(config, tenant)
 
 
 def _when(seconds: int | None) -> str:

@@ -44,7 +44,8 @@ def with_redis(config: Config, work: Callable[[RedisGate], Awaitable[T]]) -> T:
             embedded.close()
 
 
-def _tenants(config: Config, wanted: str | None) -> list[str] | None:
+def tenant_names(config: Config, wanted: str | None) -> list[str] | None:
+    """Every tenant, or just `wanted`; None (said on stderr) when there is no such tenant."""
     if wanted is None:
         return [t.name for t in config.tenants]
     if wanted not in config.tenant_index:
@@ -54,7 +55,7 @@ def _tenants(config: Config, wanted: str | None) -> list[str] | None:
 
 
 def cmd_stats(config: Config, args: argparse.Namespace) -> int:
-    tenants = _tenants(config, args.tenant)
+    tenants = tenant_names(config, args.tenant)
     if tenants is None:
         return 1
 
@@ -141,7 +142,9 @@ def cmd_purge(config: Config, args: argparse.Namespace) -> int:
     if bool(args.tenant) == bool(args.all):
         print("llm-cache-proxy: purge needs exactly one of --tenant T or --all", file=sys.stderr)
         return 1
-    tenants = _tenants(config, args.tenant) if args.tenant else [t.name for t in config.tenants] + ["shared"]
+    tenants = (
+        tenant_names(config, args.tenant) if args.tenant else [t.name for t in config.tenants] + ["shared"]
+    )
     if tenants is None:
         return 1
     started = time.monotonic()
@@ -164,7 +167,7 @@ def cmd_purge(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(config: Config, args: argparse.Namespace) -> int:
-    tenants = _tenants(config, args.tenant)
+    tenants = tenant_names(config, args.tenant)
     if tenants is None:
         return 1
     digest = args.digest.rsplit(":", 1)[-1].strip("{}").lower()

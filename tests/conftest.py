@@ -7,6 +7,7 @@ prefix and deletes only keys under it, so the suite never touches anyone else's 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -214,3 +215,11 @@ def upstream() -> Iterator[Any]:
 
     with respx.mock(assert_all_mocked=True) as mock:
         yield mock
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 1.0, what: str = "not seen in time") -> None:
+    """Poll the async `check` until it is true; fail with `what` after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.005)

@@ -10,7 +10,7 @@ import pytest
 import redis
 import respx
 
-from tests.conftest import UPSTREAM_BASE, auth, cache_keys, openai_completion
+from tests.conftest import UPSTREAM_BASE, auth, cache_keys, eventually, openai_completion
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -26,13 +26,6 @@ def answer(text: str) -> httpx.Response:
 async def content(client: httpx.AsyncClient, **headers: str) -> tuple[str, str]:
     response = await client.post(CHAT, json=ASK, headers={**auth(), **headers})
     return response.headers["x-cache"], response.json()["choices"][0]["message"]["content"]
-
-
-async def eventually(check: Any, timeout: float = 1.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "not seen in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_l1_serves_and_stays_coherent(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from proxy.app import create_app
+from proxy.app import FastPath, create_app
 from proxy.config import load_config
-from tests.conftest import ADMIN_KEY, TENANT_KEYS, auth
+from tests.conftest import ADMIN_KEY, TENANT_KEYS, auth, eventually
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -27,17 +31,24 @@ def config_dict(key_prefix: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def reloadable(tmp_path: Path, redis_url: str, key_prefix: str) -> Any:
-    import httpx
-
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_dict(key_prefix)))
+@asynccontextmanager
+async def serving(
+    path: Path, redis_url: str, key_prefix: str, **extra: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastPath]]:
+    """Write a config to `path`, then serve it (started from that file, so it can reload)."""
+    path.write_text(yaml.safe_dump(config_dict(key_prefix, **extra)))
     app = create_app(load_config(path, {}), redis_url, config_path=str(path))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client,
     ):
+        yield client, app
+
+
+@pytest.fixture
+async def reloadable(tmp_path: Path, redis_url: str, key_prefix: str) -> Any:
+    path = tmp_path / "config.yaml"
+    async with serving(path, redis_url, key_prefix) as (client, _):
         yield client, path
 
 
@@ -91,79 +102,51 @@ async def test_reload_needs_an_admin_key(reloadable: Any) -> None:
     assert (await client.post("/admin/reload", headers=auth())).status_code == 403
 
 
-async def _until(predicate: Any, timeout: float = 5.0) -> bool:
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 async def test_the_file_watch_reloads_edits_and_keeps_the_old_config_on_a_bad_one(
     tmp_path: Path, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import httpx
-
     watch = {"server": {"watch_config_seconds": 0.05}}
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_dict(key_prefix, **watch)))
-    app = create_app(load_config(path, {}), redis_url, config_path=str(path))
     globex = {"Authorization": "Bearer sk-globex-test-key"}
     tenants = [
         {"name": "acme", "api_keys": [TENANT_KEYS["acme"]]},
         {"name": "globex", "api_keys": [TENANT_KEYS["globex"]]},
     ]
+    async with serving(path, redis_url, key_prefix, **watch) as (client, _):
 
-    async def globex_status() -> int:
-        return (await client.post(CHAT, json=ASK, headers=globex)).status_code
-
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client,
-    ):
-        assert await globex_status() == 401
-        path.write_text(yaml.safe_dump(config_dict(key_prefix, tenants=tenants, **watch)))
+        async def globex_status() -> int:
+            return (await client.post(CHAT, json=ASK, headers=globex)).status_code
 
         async def admitted() -> bool:
             return await globex_status() == 200
 
-        assert await _until(admitted), "the edit never took effect"
-
-        caplog.clear()
-        path.write_text("models: [unclosed")
-
         async def rejected() -> bool:
             return "config reload rejected" in caplog.text
-
-        assert await _until(rejected), "the broken file was never tried"
-        assert await globex_status() == 200  # the last good config stays in force
-        await _sleep_ticks()
-        assert caplog.text.count("config reload rejected") == 1  # a bad version is tried once
-
-        path.write_text(yaml.safe_dump(config_dict(key_prefix, **watch)))  # globex removed
 
         async def removed() -> bool:
             return await globex_status() == 401
 
-        assert await _until(removed), "the fixed file never took effect"
+        assert await globex_status() == 401
+        path.write_text(yaml.safe_dump(config_dict(key_prefix, tenants=tenants, **watch)))
+        await eventually(admitted, 5, "the edit never took effect")
+
+        caplog.clear()
+        path.write_text("models: [unclosed")
+        await eventually(rejected, 5, "the broken file was never tried")
+        assert await globex_status() == 200  # the last good config stays in force
+        await asyncio.sleep(0.3)  # six polls of the watch
+        assert caplog.text.count("config reload rejected") == 1  # a bad version is tried once
+
+        path.write_text(yaml.safe_dump(config_dict(key_prefix, **watch)))  # globex removed
+        await eventually(removed, 5, "the fixed file never took effect")
 
 
 async def test_an_admin_reload_is_not_repeated_by_the_watch(
     tmp_path: Path, redis_url: str, key_prefix: str
 ) -> None:
-    import httpx
-
     idle = {"server": {"watch_config_seconds": 3600}}  # polled by hand below, no race with a tick
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_dict(key_prefix, **idle)))
-    app = create_app(load_config(path, {}), redis_url, config_path=str(path))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client,
-    ):
+    async with serving(path, redis_url, key_prefix, **idle) as (client, app):
         watcher = app.state.runtime.watcher
         assert watcher is not None and not watcher.check()  # nothing changed yet
         path.write_text(yaml.safe_dump(config_dict(key_prefix, cache={"ttl_seconds": 60}, **idle)))
@@ -172,9 +155,3 @@ async def test_an_admin_reload_is_not_repeated_by_the_watch(
         path.write_text(yaml.safe_dump(config_dict(key_prefix, cache={"ttl_seconds": 61}, **idle)))
         assert watcher.check()
         assert app.state.runtime.config.cache.ttl_seconds == 61
-
-
-async def _sleep_ticks() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.3)  # six polls of the watch
