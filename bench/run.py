@@ -32,10 +32,10 @@ import httpx
 import orjson
 import redis
 
-from proxy import demo
-from proxy.cache import encode_entry
 from proxy.config import parse_config
-from proxy.keys import cache_key, chat_digest
+from proxy.core.keys import cache_key, chat_digest
+from proxy.store.cache import encode_entry
+from proxy.upstream import demo
 
 ROOT = Path(__file__).resolve().parent
 REPORT_LUA = (ROOT / "wrk_report.lua").read_text()
@@ -317,7 +317,7 @@ def _run(
         [
             sys.executable,
             "-m",
-            "proxy.fake_upstream",
+            "proxy.testing.fake_provider",
             "--port",
             str(ports["upstream"]),
             "--latency-ms",

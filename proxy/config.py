@@ -236,7 +236,7 @@ class SingleFlightConfig(_Strict):
 
 
 class ReviewConfig(_Strict):
-    """The review queue (`proxy.review`): flagged and sampled answers wait for a decision."""
+    """The review queue (`proxy.store.review`): flagged and sampled answers wait for a decision."""
 
     # quarantine: a flagged answer stops being served at once (the next request refreshes it)
     # and is kept for review; keep: it is served until someone decides.
@@ -304,7 +304,7 @@ class Config(_Strict):
 
     @cached_property
     def tenant_by_key(self) -> dict[bytes, TenantConfig]:
-        """sha256(key) -> tenant; the lookup `proxy.auth` does per request."""
+        """sha256(key) -> tenant; the lookup `proxy.http.auth` does per request."""
         return {d: t for t in self.tenants for d in t.key_digests}
 
 

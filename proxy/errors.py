@@ -1,7 +1,7 @@
 """Every error the proxy can answer with, in one place.
 
 Each class carries the HTTP status and the OpenAI error `type`/`code` it renders as;
-`proxy.app` turns any of them into `{"error": {"message", "type", "param", "code"}}`.
+`proxy.http.app` turns any of them into `{"error": {"message", "type", "param", "code"}}`.
 Domain code raises these; nothing else reaches a client.
 
     ProxyError                      500 server_error

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.stats import RequestRecord
+from proxy.stats.recorder import RequestRecord
 
 access = logging.getLogger("llmcp.access")
 _FIELDS = ("request_id", "tenant", "model", "cache", "status", "latency_ms", "tokens", "error", "path")

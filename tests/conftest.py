@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from proxy.app import create_app
 from proxy.config import Config, parse_config
-from proxy.upstream import Upstreams
+from proxy.http.app import create_app
+from proxy.upstream.litellm_upstream import Upstreams
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -43,7 +43,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from proxy.embedded import EmbeddedRedis
+    from proxy.store.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), "512mb")
     yield server.url

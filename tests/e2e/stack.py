@@ -1,5 +1,5 @@
 """Real processes for end-to-end tests: the proxy (`python -m proxy serve`) and the fake
-provider (`python -m proxy.fake_upstream`), on loopback ports, sharing the test Redis."""
+provider (`python -m proxy.testing.fake_provider`), on loopback ports, sharing the test Redis."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def start_stack(work: Path, redis_url: str, workers: int = 1, **sections: Any) -
     env = child_env(REDIS_URL=redis_url)
     stack.procs.append(
         spawn(
-            ["-m", "proxy.fake_upstream", "--port", str(stack.upstream_port)],
+            ["-m", "proxy.testing.fake_provider", "--port", str(stack.upstream_port)],
             env,
             work,
             work / "upstream.log",
@@ -154,7 +154,7 @@ def stop_stack(stack: Stack, redis_sync: redis.Redis) -> None:
 def cli(stack: Stack, *args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
     """Run `llm-cache-proxy <args> --config <the stack's>` in a child, which must not import litellm."""
     code = (
-        "import sys; from proxy.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from proxy.cli.main import main; rc = main(sys.argv[1:]); "
         "assert 'litellm' not in sys.modules, 'the CLI imported litellm'; sys.exit(rc)"
     )
     return subprocess.run(

@@ -296,8 +296,8 @@ async def test_every_key_written_has_a_ttl(
 
 
 async def test_a_stream_past_max_stream_seconds_is_cut_with_an_error_and_not_cached(make_client: Any) -> None:
-    from proxy.demo import DemoUpstream
-    from proxy.upstream import Upstreams
+    from proxy.upstream.demo import DemoUpstream
+    from proxy.upstream.litellm_upstream import Upstreams
 
     slow = Upstreams(5, demo=DemoUpstream(latency_s=0, chunk_delay_s=0.05))
     client = await make_client(upstreams=slow, server={"max_stream_seconds": 0.2})
@@ -315,8 +315,8 @@ async def test_prompts_reach_the_log_only_with_log_prompts(
 ) -> None:
     import logging
 
-    from proxy.demo import DemoUpstream
-    from proxy.upstream import Upstreams
+    from proxy.upstream.demo import DemoUpstream
+    from proxy.upstream.litellm_upstream import Upstreams
 
     client = await make_client(
         upstreams=Upstreams(5, demo=DemoUpstream(latency_s=0)), server={"log_prompts": log_prompts}

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import respx
 
-from proxy.sse import StreamAssembler
+from proxy.core.apis.chat import StreamAssembler
 from tests.conftest import UPSTREAM_BASE, auth, openai_completion
 from tests.integration.test_chat import sse_events
 

@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis
 
-from proxy.calls import RequestMeta
-from proxy.demo import DemoUpstream
-from proxy.runtime import Runtime
-from proxy.upstream import Upstreams
+from proxy.core.request import RequestMeta
+from proxy.service.runtime import Runtime
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import build_config, keys_without_ttl
 
 pytestmark = pytest.mark.anyio

@@ -26,8 +26,8 @@ def redis_process() -> Iterator[RedisProcess]:
 
 @pytest.fixture
 def fast_demo() -> Any:
-    from proxy.demo import DemoUpstream
-    from proxy.upstream import Upstreams
+    from proxy.upstream.demo import DemoUpstream
+    from proxy.upstream.litellm_upstream import Upstreams
 
     return Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), http_client="httpx")
 

@@ -17,9 +17,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.app import create_app
-from proxy.demo import DemoUpstream
-from proxy.upstream import Upstreams
+from proxy.http.app import create_app
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import auth, build_config
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"]

@@ -12,8 +12,8 @@ import pytest
 import redis
 import respx
 
-from proxy.demo import DemoUpstream
-from proxy.upstream import Upstreams
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import TENANT_KEYS, UPSTREAM_BASE, auth, openai_completion, openai_sse, own_keys
 from tests.servers import free_port
 

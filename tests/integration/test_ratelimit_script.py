@@ -12,7 +12,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.redis_conn import script as lua_script
+from proxy.store.connection import script as lua_script
 from tests.conftest import own_keys, sync_client
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from proxy.app import FastPath, create_app
 from proxy.config import load_config
+from proxy.http.app import FastPath, create_app
 from tests.conftest import ADMIN_KEY, TENANT_KEYS, auth, eventually
 
 pytestmark = pytest.mark.anyio

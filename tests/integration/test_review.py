@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from proxy.keys import cache_key, sibling_key
-from proxy.redis_conn import RedisGate, connect
-from proxy.review import ReviewQueue, is_sampled
+from proxy.core.keys import cache_key, sibling_key
+from proxy.store.connection import RedisGate, connect
+from proxy.store.review import ReviewQueue, is_sampled
 from tests.conftest import UPSTREAM_BASE, auth, build_config, keys_without_ttl, openai_completion, own_keys
 
 pytestmark = pytest.mark.anyio
@@ -378,8 +378,8 @@ async def test_shared_scope_only_admins_review(make_client: Any, upstream: Any) 
 async def test_responses_and_completions_answers_can_be_flagged_too(
     make_client: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
-    from proxy.demo import DemoUpstream
-    from proxy.upstream import Upstreams
+    from proxy.upstream.demo import DemoUpstream
+    from proxy.upstream.litellm_upstream import Upstreams
 
     client = await make_client(upstreams=Upstreams(5, demo=DemoUpstream(latency_s=0)))
     for path, body, kind in (

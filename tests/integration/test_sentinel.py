@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.demo import DemoUpstream
-from proxy.upstream import Upstreams
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import auth
 from tests.servers import RedisSentinelSetup
 

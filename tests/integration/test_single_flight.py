@@ -11,9 +11,9 @@ import pytest
 import redis
 import respx
 
-from proxy.demo import DemoUpstream
-from proxy.flight import flight_lock
-from proxy.upstream import Upstreams
+from proxy.store.flight import flight_lock
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import TENANT_KEYS, UPSTREAM_BASE, auth, keys_without_ttl, openai_completion, openai_sse
 from tests.integration.test_chat import sse_events
 

@@ -11,8 +11,8 @@ import redis
 import respx
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.demo import DemoUpstream
-from proxy.upstream import Upstreams
+from proxy.upstream.demo import DemoUpstream
+from proxy.upstream.litellm_upstream import Upstreams
 from tests.conftest import (
     TENANT_KEYS,
     UPSTREAM_BASE,

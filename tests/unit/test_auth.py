@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from proxy.auth import authenticate_tenant, bearer_token, is_admin
 from proxy.config import parse_config
 from proxy.errors import AuthenticationFailed
+from proxy.http.auth import authenticate_tenant, bearer_token, is_admin
 
 CONFIG = parse_config(
     {

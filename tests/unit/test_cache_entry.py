@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.cache import HEADER_MAX, decode_entry, decode_meta, encode_entry
+from proxy.store.cache import HEADER_MAX, decode_entry, decode_meta, encode_entry
 
 
 def test_round_trip_small_is_not_compressed() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.config_watch import ConfigWatcher, file_digest
 from proxy.errors import ConfigError
+from proxy.service.config_watch import ConfigWatcher, file_digest
 
 
 def test_each_version_is_tried_once_even_when_rejected(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Import direction and cost: the app, the hit path and the CLI tools never import litellm
-(seconds and hundreds of MB); only proxy.upstream does, lazily, on the first miss."""
+(seconds and hundreds of MB); only proxy.upstream.litellm_upstream does, lazily, on the first miss."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 
 @pytest.mark.parametrize(
     "modules",
-    ["proxy.app", "proxy.cli", "proxy.cli_tools", "proxy.service", "proxy.stats_routes", "proxy.upstream"],
+    [
+        "proxy.http.app",
+        "proxy.cli.main",
+        "proxy.cli.tools",
+        "proxy.service.pipeline",
+        "proxy.http.routes.stats",
+        "proxy.upstream.litellm_upstream",
+    ],
 )
 def test_no_litellm_at_import(modules: str) -> None:
     code = f"import sys, {modules}; sys.exit('litellm' in sys.modules)"
@@ -20,7 +27,8 @@ def test_no_litellm_at_import(modules: str) -> None:
 
 def test_only_routes_and_app_import_fastapi() -> None:
     code = (
-        "import sys, proxy.service, proxy.cache, proxy.ratelimit, proxy.stats, proxy.cli_tools; "
+        "import sys, proxy.service.pipeline, proxy.store.cache, proxy.store.ratelimit, "
+        "proxy.stats.recorder, proxy.cli.tools; "
         "sys.exit('fastapi' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import ModelConfig
-from proxy.keys import DEFAULTS, IGNORED_FIELDS, cache_key, canonical_bytes, chat_digest, normalize_chat
+from proxy.core.keys import DEFAULTS, IGNORED_FIELDS, cache_key, canonical_bytes, chat_digest, normalize_chat
 
 MODEL = ModelConfig(name="m", litellm_model="openai/gpt-4o-mini", api_base="http://a/v1")
 OTHER_BACKEND = ModelConfig(name="m2", litellm_model="openai/gpt-4o-mini", api_base="http://b/v1")

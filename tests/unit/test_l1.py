@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from proxy.l1 import L1Cache
+from proxy.store.l1 import L1Cache
 
 
 def make(max_bytes: int = 1024 * 1024, max_age_ms: int = 60_000) -> L1Cache:

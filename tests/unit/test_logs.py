@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from proxy.logs import JsonFormatter, log_config, log_request
-from proxy.stats import RequestRecord
+from proxy.stats.recorder import RequestRecord
 
 
 def test_request_line_fields(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from proxy.sse import DONE, StreamAssembler, event, replay_chunks
+from proxy.core.apis.chat import DONE, StreamAssembler, event, replay_chunks
 
 HEAD = {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "gpt"}
 

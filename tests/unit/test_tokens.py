@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import ModelConfig
-from proxy.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
+from proxy.core.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
 
 
 def test_encodings_load_offline_and_count() -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from proxy.core.validation import check_chat_request, parse_json_object
 from proxy.errors import InvalidRequest, MalformedJSON
-from proxy.validation import check_chat_request, parse_json_object
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

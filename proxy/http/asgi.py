@@ -1,0 +1,196 @@
+"""The cached endpoints (chat completions, completions, responses, embeddings) as raw ASGI,
+in front of FastAPI.
+
+The chat endpoint is the product's hot path: a cache hit must cost little more than the
+Redis GET it needs. FastAPI's middleware, routing and dependency layers cost several
+times the rest of a hit, so this endpoint talks ASGI directly; every other route (and the
+lifespan that builds the Runtime) is the FastAPI app behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.core.request import Reply, RequestMeta
+from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.http.auth import authenticate_tenant
+from proxy.http.errors import error_parts
+from proxy.logs import log_request
+from proxy.service.runtime import Runtime
+from proxy.stats.recorder import RequestRecord, classify
+
+EMBEDDINGS_PATH = "/v1/embeddings"
+# Chat completions, legacy completions, the Responses API (runtime.generation) and embeddings.
+_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", EMBEDDINGS_PATH})
+_WANTED = {
+    b"authorization",
+    b"content-length",
+    b"cache-control",
+    b"x-cache-ttl",
+    b"x-end-user",
+    b"x-request-id",
+}
+_LOGGED_PROMPT_BYTES = 4096
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+Scope = dict[str, Any]
+
+
+class FastPath:
+    """The outermost ASGI app: chat completions here, everything else to `inner`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def state(self) -> Any:
+        return self.inner.state
+
+    @property
+    def router(self) -> Any:
+        return self.inner.router
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._headers_fit(scope):
+            return await self._refuse(scope, send)
+        if scope["type"] != "http" or scope["path"] not in _ROUTES:
+            await self.inner(scope, receive, send)
+            return
+        path = scope["path"]
+        runtime: Runtime = self.inner.state.runtime
+        record = RequestRecord()
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+        request_id = _request_id(headers.get("x-request-id"))
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
+            tenant = authenticate_tenant(runtime.config, headers.get("authorization"))
+            record.tenant = tenant.name
+            raw = await _read_body(
+                receive, headers.get("content-length"), runtime.config.server.max_body_bytes
+            )
+            if runtime.config.server.log_prompts:  # off by default: prompts are the users' data
+                record.prompt = raw[:_LOGGED_PROMPT_BYTES].decode("utf-8", "replace")
+            meta = RequestMeta(
+                headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
+            )
+            if path == EMBEDDINGS_PATH:
+                body, extra = await runtime.embeddings.embed(tenant, raw, record, meta.end_user)
+                reply = Reply(200, extra, body)
+            else:
+                reply = await runtime.generation[path].answer(tenant, raw, meta, record)
+        except Exception as exc:
+            classify(record, exc)
+            status, extra, body = error_parts(exc)
+            _finish(runtime, record, request_id, path, status)
+            await _send_whole(send, status, {**extra, "X-Request-Id": request_id}, body, "application/json")
+            return
+        reply.headers["X-Request-Id"] = request_id
+        if reply.stream is None:
+            _finish(runtime, record, request_id, path, reply.status)
+            await _send_whole(send, reply.status, reply.headers, reply.body, reply.media_type)
+            return
+        try:
+            await _send_stream(send, receive, reply, reply.stream)
+        finally:
+            _finish(runtime, record, request_id, path, reply.status)
+
+    def _headers_fit(self, scope: Scope) -> bool:
+        runtime = getattr(self.inner.state, "runtime", None)  # None before the lifespan ran
+        if runtime is None:
+            return True
+        return sum(len(k) + len(v) for k, v in scope["headers"]) <= runtime.config.server.max_header_bytes
+
+    async def _refuse(self, scope: Scope, send: Any) -> None:
+        limit = self.inner.state.runtime.config.server.max_header_bytes
+        error = HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
+        status, headers, body = error_parts(error)
+        await _send_whole(send, status, headers, body, "application/json")
+
+
+def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:
+    runtime.stats.record(record)
+    log_request(record, request_id, path, status)
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    if given and len(given) <= 128 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return os.urandom(8).hex()
+
+
+async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
+    """The body, refusing (413) past `limit` bytes without buffering the excess."""
+    if declared is not None:
+        try:
+            too_big = int(declared) > limit
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header.") from None
+        if too_big:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body  # the common case: one message
+    parts, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _header_list(headers: dict[str, str], media_type: str, length: int | None) -> list[tuple[bytes, bytes]]:
+    out = [(b"content-type", media_type.encode())]
+    if length is not None:
+        out.append((b"content-length", str(length).encode()))
+    out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return out
+
+
+async def _send_whole(send: Any, status: int, headers: dict[str, str], body: bytes, media_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _header_list(headers, media_type, len(body)),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_stream(send: Any, receive: Any, reply: Reply, stream: AsyncIterator[bytes]) -> None:
+    """Send chunks as they come; if the client hangs up, stop (the pipeline's cleanup
+    releases the upstream call and settles the rate-limit reservation)."""
+    headers = _header_list(reply.headers, reply.media_type + "; charset=utf-8", None) + _STREAM_HEADERS
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+
+    async def pump() -> None:
+        async for part in stream:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def watch(task: asyncio.Task[None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(watch(pumping))
+    try:
+        await pumping
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves, not just the client hanging up
+    finally:
+        watching.cancel()
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -1,0 +1,57 @@
+"""Thin HTTP handlers for the FastAPI side: models, health. (Chat completions are served by
+proxy.http.asgi, in front of FastAPI.)"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from proxy.errors import ModelNotFound
+from proxy.http.auth import authenticate_tenant
+from proxy.service.runtime import Runtime
+
+router = APIRouter()
+
+
+def json_response(obj: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status, media_type="application/json")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _model_card(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llm-cache-proxy"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    runtime = _runtime(request)
+    authenticate_tenant(runtime.config, request.headers.get("authorization"))
+    data = [_model_card(m.name) for m in runtime.config.models]
+    return json_response({"object": "list", "data": data})
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> Response:
+    runtime = _runtime(request)
+    authenticate_tenant(runtime.config, request.headers.get("authorization"))
+    if model not in runtime.config.model_index:
+        raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+    return json_response(_model_card(model))
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is alive (says nothing about Redis)."""
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready when Redis answers: a load balancer should route elsewhere otherwise."""
+    if await _runtime(request).gate.ping():
+        return json_response({"status": "ready", "redis": "ok"})
+    return json_response({"status": "unavailable", "redis": "unreachable"}, 503)

@@ -1,0 +1,196 @@
+"""Everything one proxy process holds, built from a Config and a Redis URL.
+
+No module-level clients: the app's lifespan builds a Runtime on startup and closes it on
+shutdown, so tests and workers each get their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from proxy.config import Config, load_config
+from proxy.core.apis.base import Api
+from proxy.core.apis.completions import CompletionsApi
+from proxy.core.apis.embeddings import EmbeddingService
+from proxy.core.apis.responses import ResponsesApi
+from proxy.errors import ConfigError
+from proxy.service.config_watch import ConfigWatcher, file_digest
+from proxy.service.pipeline import GenerationService
+from proxy.stats.recorder import StatsRecorder
+from proxy.stats.report import StatsReport
+from proxy.store.cache import CacheStore
+from proxy.store.connection import RedisGate, blocking_client, connect
+from proxy.store.flight import SingleFlight
+from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
+from proxy.store.ratelimit import RateLimiter
+from proxy.store.review import ReviewQueue
+from proxy.upstream.litellm_upstream import Upstreams, preload
+
+log = logging.getLogger("llmcp")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    redis: aioredis.Redis
+    gate: RedisGate
+    upstreams: Upstreams
+    flight: SingleFlight
+    # One pipeline per cached generation API, by its path under /v1.
+    generation: dict[str, GenerationService]
+    limiter: RateLimiter
+    stats: StatsRecorder
+    report: StatsReport
+    embeddings: EmbeddingService
+    review: ReviewQueue
+    l1: L1Subscriber | None = None
+    l1_cache: L1Cache | None = None
+    config_path: str | None = None
+    watcher: ConfigWatcher | None = None
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        redis_url: str,
+        upstreams: Upstreams | None = None,
+        config_path: str | None = None,
+    ) -> Runtime:
+        client = connect(redis_url, config.redis)
+        gate = RedisGate(client, config.redis.retry_after_ms, config.redis.breaker_failures)
+        l1 = None
+        if config.cache.l1.enabled:
+            l1 = L1Cache(config.cache.l1.max_bytes, config.cache.l1.max_age_ms)
+        # Stores always announce their key: other replicas may run an L1 even if this one does not.
+        channel = l1_channel(config.redis.key_prefix)
+        cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes, l1, channel)
+        upstreams = upstreams or Upstreams(
+            config.upstream.timeout_seconds, http_client=config.upstream.http_client
+        )
+        limiter = RateLimiter(gate, config)
+        review = ReviewQueue(gate, config)
+        flight = SingleFlight(gate, config)
+        generation = _generation(config, cache, upstreams, limiter, flight, review)
+        subscriber = None
+        if l1 is not None:
+            # Subscriptions idle for long: a connection of their own, with no read timeout.
+            subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
+        stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
+        embeddings = EmbeddingService(config, gate, upstreams, limiter)
+        return cls(
+            config,
+            client,
+            gate,
+            upstreams,
+            flight,
+            generation,
+            limiter,
+            stats,
+            report,
+            embeddings,
+            review,
+            subscriber,
+            l1,
+            config_path,
+        )
+
+    def reload(self, new: Config) -> None:
+        """Put a new config in force without dropping a request: requests in flight finish
+        with the objects they hold; new ones get new ones. Tenants, keys, quotas, TTLs, models
+        and prices change; redis, server, upstream, stats, single_flight and cache.l1 settings
+        need a restart."""
+        # Held by long-lived objects (connections, flusher, flights, HTTP clients): a reload
+        # cannot change them, so it refuses rather than ignore them silently.
+        for section in ("redis", "server", "upstream", "stats", "single_flight"):
+            if getattr(new, section) != getattr(self.config, section):
+                raise ConfigError(f"{section}.* changed: restart the proxy for that (nothing was reloaded)")
+        if new.cache.l1 != self.config.cache.l1:
+            raise ConfigError("cache.l1 changed: restart the proxy for that (nothing was reloaded)")
+        cache = CacheStore(
+            self.gate,
+            new.cache.max_entry_bytes,
+            new.cache.compress_min_bytes,
+            self.l1_cache,
+            l1_channel(new.redis.key_prefix),
+        )
+        limiter = self.limiter.renewed(new)
+        self.review = ReviewQueue(self.gate, new)
+        self.generation = _generation(new, cache, self.upstreams, limiter, self.flight, self.review)
+        self.embeddings = EmbeddingService(new, self.gate, self.upstreams, limiter)
+        self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
+
+    def reload_from_file(self) -> Config:
+        """Re-read the config file; on any error the running config stays and ConfigError says why."""
+        if self.config_path is None:
+            raise ConfigError("this process was not started from a config file")
+        if self.watcher is not None:  # this version is being tried now: the watch skips it
+            self.watcher.seen = file_digest(self.config_path)
+        try:
+            new = load_config(self.config_path, os.environ)
+            self.reload(new)
+        except ConfigError as exc:
+            log.error("config reload rejected, the running config stays in force: %s", exc)
+            raise
+        log.warning(
+            "config reloaded from %s: %d models, %d tenants",
+            self.config_path,
+            len(new.models),
+            len(new.tenants),
+        )
+        return new
+
+    async def start(self) -> None:
+        self.stats.start()
+        interval = self.config.server.watch_config_seconds
+        if self.config_path is not None and interval > 0:
+            self.watcher = ConfigWatcher(self.config_path, interval, self.reload_from_file)
+            self.watcher.start()
+        if self.l1 is not None:
+            self.l1.start()
+        if not await self.gate.ping():
+            log.warning("Redis is not reachable at startup; serving without cache until it is")
+        if any(not m.is_demo and not m.passthrough for m in self.config.models):
+            # Import litellm (~3 s) before accepting requests: importing it in the background
+            # while serving holds the GIL long enough to stall the loop and time out Redis calls.
+            await asyncio.get_running_loop().run_in_executor(None, preload)
+        # Everything loaded so far (litellm alone is millions of objects) lives as long as the
+        # process: keep it out of the garbage collector, whose full passes over it stalled the
+        # event loop for ~100 ms (the hot-key p99).
+        gc.collect()
+        gc.freeze()
+
+    async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.limiter.drain()
+        await self.stats.stop()
+        await self.flight.close()
+        if self.l1 is not None:
+            await self.l1.stop()
+        await self.upstreams.aclose()
+        await self.redis.aclose()
+
+
+def _generation(
+    config: Config,
+    cache: CacheStore,
+    upstreams: Upstreams,
+    limiter: RateLimiter,
+    flight: SingleFlight,
+    review: ReviewQueue,
+) -> dict[str, GenerationService]:
+    apis: dict[str, Api] = {
+        "/v1/chat/completions": Api(),
+        "/v1/completions": CompletionsApi(),
+        "/v1/responses": ResponsesApi(),
+    }
+    return {
+        path: GenerationService(api, config, cache, upstreams, limiter, flight, review)
+        for path, api in apis.items()
+    }

@@ -1,0 +1,183 @@
+"""A fake OpenAI-compatible provider over real HTTP, for end-to-end tests and benchmarks.
+
+    python -m proxy.testing.fake_provider --port 9100 [--latency-ms 200] [--chunk-delay-ms 5]
+
+It answers `POST /v1/chat/completions`, `/v1/completions` and `/v1/responses` (stream or
+not) and `/v1/embeddings` with `proxy.upstream.demo`'s deterministic answers, counts the calls it
+gets, and misbehaves on command so fault handling can be driven for real:
+
+    GET  /_fake/stats   {"requests": n, "last_body": {...}}
+    POST /_fake/reset   zero the counter
+    POST /_fake/mode    {"mode": "ok" | "error" | "hang" | "garbage" | "reset" | "half_stream",
+                         "status": 500, "latency_ms": 0, "chunk_delay_ms": 0}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.core.apis.responses import sse_event
+from proxy.upstream import demo
+
+Scope = dict[str, Any]
+
+
+@dataclass
+class FakeState:
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    mode: str = "ok"
+    status: int = 500
+    requests: int = 0
+    last_body: dict[str, Any] = field(default_factory=dict)
+
+
+async def _read(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _send_json(send: Any, obj: object, status: int = 200) -> None:
+    data = orjson.dumps(obj)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class FakeUpstream:
+    """The ASGI app; `state` is shared with whoever drives it in-process."""
+
+    def __init__(self, state: FakeState | None = None) -> None:
+        self.state = state or FakeState()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path, method = scope["path"], scope["method"]
+        body = await _read(receive)
+        if path == "/_fake/stats":
+            await _send_json(send, {"requests": self.state.requests, "last_body": self.state.last_body})
+        elif path == "/_fake/reset" and method == "POST":
+            self.state.requests = 0
+            await _send_json(send, {"ok": True})
+        elif path == "/_fake/mode" and method == "POST":
+            for name, value in orjson.loads(body or b"{}").items():
+                setattr(self.state, name, value)
+            await _send_json(send, {"ok": True})
+        elif path.endswith(("/completions", "/responses")) and method == "POST":
+            api = "chat" if path.endswith("/chat/completions") else path.rsplit("/", 1)[1]
+            await self._generate(api, orjson.loads(body), send)
+        elif path.endswith("/embeddings") and method == "POST":
+            request = orjson.loads(body)
+            self.state.requests += 1
+            self.state.last_body = request
+            inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+            if inputs and isinstance(inputs[0], int):
+                inputs = [inputs]
+            await _send_json(
+                send, demo.embeddings(request.get("model", "fake"), inputs, request.get("dimensions"))
+            )
+        else:
+            await _send_json(send, {"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
+
+    async def _generate(self, api: str, request: dict[str, Any], send: Any) -> None:
+        state = self.state
+        state.requests += 1
+        state.last_body = request
+        if state.latency_ms:
+            await asyncio.sleep(state.latency_ms / 1000)
+        if state.mode == "hang":
+            await asyncio.sleep(3600)
+        if state.mode == "error":
+            await _send_json(
+                send, {"error": {"message": "fake upstream failure", "type": "server_error"}}, state.status
+            )
+            return
+        if state.mode == "reset":
+            # Headers promise a body that never comes: the connection is cut mid-response.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"id": "cut', "more_body": True})
+            raise ConnectionResetError("fake upstream: connection reset on command")
+        if state.mode == "garbage":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"{not json"})
+            return
+        model = request.get("model", "fake")
+        if not request.get("stream"):
+            await _send_json(send, demo.answer_for(api, model, request))
+            return
+        chunks = demo.stream_for(api, model, request)
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        if api != "responses" and not include_usage:
+            chunks = [c for c in chunks if not c.get("usage")]
+        if state.mode == "half_stream":
+            chunks = chunks[: len(chunks) // 2]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for chunk in chunks:
+            data = sse_event(chunk) if api == "responses" else b"data: " + orjson.dumps(chunk) + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            if state.chunk_delay_ms:
+                await asyncio.sleep(state.chunk_delay_ms / 1000)
+        # The Responses API ends with its response.completed event; the others with [DONE].
+        tail = b"" if state.mode == "half_stream" or api == "responses" else b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": tail})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m proxy.testing.fake_provider")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    app = FakeUpstream(FakeState(latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms))
+    # Requests told to hang would hold a graceful shutdown forever: give them a second.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+
+
+if __name__ == "__main__":
+    main()
