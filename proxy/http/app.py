@@ -28,6 +28,7 @@ from proxy.errors import ConfigError, InvalidRequest, MethodNotAllowed, ProxyErr
 from proxy.http.asgi import FastPath
 from proxy.http.errors import error_parts
 from proxy.http.openapi import fast_path_operations, security_scheme
+from proxy.http.routes.admin import router as admin_router
 from proxy.http.routes.models import router
 from proxy.http.routes.review import router as review_router
 from proxy.http.routes.stats import router as stats_router
@@ -99,6 +100,7 @@ def create_app(
     app.include_router(router)
     app.include_router(stats_router)
     app.include_router(review_router)
+    app.include_router(admin_router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return FastPath(app)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from proxy.core.request import Reply, RequestMeta
 from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.http.access_log import log_request
 from proxy.http.auth import authenticate_tenant
 from proxy.http.errors import error_parts
-from proxy.logs import log_request
 from proxy.service.runtime import Runtime
 from proxy.stats.recorder import RequestRecord, classify
 

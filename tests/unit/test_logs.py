@@ -7,7 +7,8 @@ import logging
 import orjson
 import pytest
 
-from proxy.logs import JsonFormatter, log_config, log_request
+from proxy.http.access_log import log_request
+from proxy.logs import JsonFormatter, log_config
 from proxy.stats.recorder import RequestRecord
 
 

@@ -1,1 +1,19 @@
-"""http/routes"""
+"""The FastAPI routes (everything but the cached POST endpoints, which are raw ASGI in
+`proxy.http.asgi`), and the two helpers every route uses."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import Request, Response
+
+from proxy.service.runtime import Runtime
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The process's Runtime, built by the app's lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def json_response(obj: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status, media_type="application/json")

@@ -1,25 +1,14 @@
-"""Thin HTTP handlers for the FastAPI side: models, health. (Chat completions are served by
-proxy.http.asgi, in front of FastAPI.)"""
+"""Models and health: `/v1/models`, `/healthz`, `/readyz`."""
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from proxy.errors import ModelNotFound
 from proxy.http.auth import authenticate_tenant
-from proxy.service.runtime import Runtime
+from proxy.http.routes import json_response, runtime_of
 
 router = APIRouter()
-
-
-def json_response(obj: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status, media_type="application/json")
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _model_card(name: str) -> dict[str, object]:
@@ -28,7 +17,7 @@ def _model_card(name: str) -> dict[str, object]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     authenticate_tenant(runtime.config, request.headers.get("authorization"))
     data = [_model_card(m.name) for m in runtime.config.models]
     return json_response({"object": "list", "data": data})
@@ -36,7 +25,7 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     authenticate_tenant(runtime.config, request.headers.get("authorization"))
     if model not in runtime.config.model_index:
         raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
@@ -52,6 +41,6 @@ async def healthz() -> Response:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Ready when Redis answers: a load balancer should route elsewhere otherwise."""
-    if await _runtime(request).gate.ping():
+    if await runtime_of(request).gate.ping():
         return json_response({"status": "ready", "redis": "ok"})
     return json_response({"status": "unavailable", "redis": "unreachable"}, 503)

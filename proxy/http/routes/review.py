@@ -20,8 +20,7 @@ from proxy.config import Config
 from proxy.core.validation import parse_json_object
 from proxy.errors import Conflict, InvalidRequest, PermissionDenied, RouteNotFound
 from proxy.http.auth import authenticate_tenant, bearer_token, is_admin
-from proxy.http.routes.models import json_response
-from proxy.service.runtime import Runtime
+from proxy.http.routes import json_response, runtime_of
 from proxy.store.review import DECISIONS
 
 router = APIRouter()
@@ -29,11 +28,6 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _MAX_REASON = 1000
 _MAX_LIMIT = 1000
 _ANSWER_FIELDS = frozenset({"answer", "request"})
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 class Caller:
@@ -100,7 +94,7 @@ def _reason(value: Any) -> str:
 
 @router.post("/v1/cache/flags")
 async def flag(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     caller = Caller(runtime.config, request.headers.get("authorization"))
     body = parse_json_object(await request.body())
     digest = _digest(body.get("key"))
@@ -136,7 +130,7 @@ def _include(value: str | None) -> set[str]:
 
 @router.get("/admin/review")
 async def list_review(request: Request, tenant: str | None = None, limit: int = 50) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     namespaces = Caller(runtime.config, request.headers.get("authorization")).namespaces_to_read(tenant)
     if not 1 <= limit <= _MAX_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {_MAX_LIMIT}.", param="limit")
@@ -154,7 +148,7 @@ async def list_review(request: Request, tenant: str | None = None, limit: int = 
 async def get_review_item(
     request: Request, digest: str, tenant: str | None = None, include: str | None = None
 ) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     namespaces = Caller(runtime.config, request.headers.get("authorization")).namespaces_to_read(tenant)
     key, parts = _digest(digest), _include(include)
     for ns in namespaces:
@@ -166,7 +160,7 @@ async def get_review_item(
 
 @router.post("/admin/review/{digest}/decision")
 async def decide(request: Request, digest: str) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     config = runtime.config
     caller = Caller(config, request.headers.get("authorization"))
     body = parse_json_object(await request.body())

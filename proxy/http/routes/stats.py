@@ -1,31 +1,23 @@
-"""Read-side and admin endpoints: /stats (JSON or the HTML page), /stats/events, /metrics,
-the cache purge and the config reload. Admin keys see every tenant; a tenant key only its own."""
+"""The read side: /stats (JSON or the HTML page), /stats/ui, /stats/events, /metrics.
+Admin keys see every tenant; a tenant key only its own."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import defaultdict
 from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from proxy.errors import ConfigError, InvalidRequest, RouteNotFound
+from proxy.errors import InvalidRequest
 from proxy.http.auth import require_admin, visible_tenants
-from proxy.http.routes.models import json_response
+from proxy.http.routes import json_response, runtime_of
 from proxy.service.runtime import Runtime
 from proxy.stats.prometheus import render
 from proxy.stats.recorder import PROXY_TENANT, events_key, stats_key
-from proxy.store.admin import purge
 
 router = APIRouter()
 _MAX_EVENTS = 1000
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _wants_html(request: Request) -> bool:
@@ -53,7 +45,7 @@ async def build_report(runtime: Runtime, tenants: list[str], admin: bool) -> dic
 async def stats(request: Request, tenant: str | None = None) -> Response:
     if _wants_html(request) and "authorization" not in request.headers:
         return stats_page()
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     tenants, admin = visible_tenants(runtime.config, request.headers.get("authorization"), tenant)
     if _wants_html(request):
         return stats_page()
@@ -68,7 +60,7 @@ async def stats_ui() -> Response:
 
 @router.get("/stats/events")
 async def stats_events(request: Request, limit: int = 100) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     require_admin(runtime.config, request.headers.get("authorization"))
     if not 1 <= limit <= _MAX_EVENTS:
         raise InvalidRequest(f"limit must be between 1 and {_MAX_EVENTS}.", param="limit")
@@ -85,7 +77,7 @@ async def stats_events(request: Request, limit: int = 100) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     require_admin(runtime.config, request.headers.get("authorization"))
     await runtime.stats.flush()
     tenants = [t.name for t in runtime.config.tenants] + [PROXY_TENANT]
@@ -105,44 +97,3 @@ async def metrics(request: Request) -> Response:
     footprint = await runtime.report.footprint([t.name for t in runtime.config.tenants] + ["shared"])
     body = render(runtime.config.model_index, counts, footprint)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-@router.delete("/admin/cache")
-async def purge_cache(
-    request: Request, tenant: str | None = None, model: str | None = None, all: bool = False
-) -> Response:
-    runtime = _runtime(request)
-    require_admin(runtime.config, request.headers.get("authorization"))
-    config = runtime.config
-    if tenant is None and not all:
-        raise InvalidRequest("Name a tenant (?tenant=) or purge everything with ?all=true.", param="tenant")
-    if tenant is not None and tenant not in config.tenant_index and tenant != "shared":
-        raise RouteNotFound(f"No tenant named {tenant!r}.")
-    namespaces = [tenant] if tenant else [t.name for t in config.tenants] + ["shared"]
-    deleted = await purge(runtime.gate, config.redis.key_prefix, namespaces, model)
-    return json_response({"deleted": deleted, "tenants": namespaces, "model": model})
-
-
-@router.post("/admin/reload")
-async def reload_config(request: Request) -> Response:
-    """Re-read config.yaml. Invalid: 400, and the running config stays in force. With several
-    workers, uvicorn's supervisor is asked to replace them one by one (SIGHUP)."""
-    runtime = _runtime(request)
-    require_admin(runtime.config, request.headers.get("authorization"))
-    try:
-        config = runtime.reload_from_file()
-    except ConfigError as exc:
-        raise InvalidRequest(f"Config not reloaded: {exc}", code="invalid_config") from None
-    supervisor = os.environ.get("LLMCP_SUPERVISOR_PID")
-    workers = int(os.environ.get("LLMCP_WORKERS", "1"))
-    restarting = workers > 1 and supervisor is not None and int(supervisor) != os.getpid()
-    if restarting:
-        os.kill(int(supervisor), signal.SIGHUP)  # type: ignore[arg-type]
-    return json_response(
-        {
-            "reloaded": True,
-            "models": [m.name for m in config.models],
-            "tenants": len(config.tenants),
-            "workers_restarting": restarting,
-        }
-    )
