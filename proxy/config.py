@@ -1,5 +1,9 @@
 """config.yaml -> frozen, validated settings.
 
+Over 300 lines on purpose: this is the whole schema of config.yaml, one section class
+after another in file order, so a reader finds every setting, its default and its bounds
+in one place; the loader at the end is what turns the file into them.
+
 The environment is passed in (never read from `os.environ` here) so tests hand over a
 dict. Every failure is one `ConfigError` whose message names the field, e.g.
 `tenants[0].api_keys[1]: environment variable ACME_KEY is not set`.
@@ -82,11 +86,6 @@ class RedisConfig(_Strict):
             raise ValueError("redis+sentinel:// needs the master's name: redis+sentinel://host:26379/<name>")
         return url
 
-    @property
-    def is_cluster(self) -> bool:
-        """`cluster: true`, or a url listing several nodes (`redis://h1:7000,h2:7001`)."""
-        return self.cluster or (self.url is not None and "," in self.url and "sentinel" not in self.url)
-
 
 class L1Config(_Strict):
     """In-process cache in front of Redis (see proxy/l1.py); off by default."""
@@ -120,10 +119,6 @@ class CacheConfig(_Strict):
 
 class UpstreamConfig(_Strict):
     timeout_seconds: float = Field(120.0, gt=0)
-    # HTTP client for upstream calls (litellm's and passthrough's). aiohttp: fast connection
-    # pool (httpcore's scans every connection per request, ~85% of CPU at 200 concurrent
-    # misses). httpx: what respx can intercept, so the unit tests use it.
-    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     # A client that hangs up mid-stream: cancel the provider call (stop paying for tokens
     # nobody reads), or finish it in the background and cache the answer for the next asker.
     on_client_disconnect: Literal["cancel", "finish"] = "cancel"

@@ -8,7 +8,6 @@ Domain code raises these; nothing else reaches a client.
     ├── InvalidRequest              400 invalid_request_error
     │   ├── MalformedJSON           400   code=invalid_json
     │   ├── BodyTooLarge            413   code=request_too_large
-    │   ├── UnsupportedMediaType    415   code=unsupported_media_type
     │   └── ModelNotFound           404   code=model_not_found
     ├── AuthenticationFailed        401   code=invalid_api_key
     ├── PermissionDenied            403   code=permission_denied
@@ -89,11 +88,6 @@ class MalformedJSON(InvalidRequest):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
-
-
-class UnsupportedMediaType(InvalidRequest):
-    status = 415
-    code = "unsupported_media_type"
 
 
 class ModelNotFound(InvalidRequest):

@@ -19,7 +19,8 @@ import redis
 
 from proxy.config import Config, parse_config
 from proxy.http.app import create_app
-from proxy.upstream.litellm_upstream import Upstreams
+from proxy.testing.transports import HttpxTransport
+from proxy.upstream.selector import Upstreams
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -108,8 +109,6 @@ def build_config(key_prefix: str, **overrides: Any) -> Config:
         ],
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
         "admin": {"api_keys": [ADMIN_KEY]},
-        # respx intercepts httpx only; the end-to-end tests run the default (aiohttp).
-        "upstream": {"http_client": "httpx"},
     }
     for section, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(section), dict):
@@ -141,6 +140,10 @@ async def make_client(redis_url: str, key_prefix: str) -> AsyncIterator[Callable
         upstreams: Upstreams | None = None, url: str | None = None, **overrides: Any
     ) -> httpx.AsyncClient:
         config = build_config(key_prefix, **overrides)
+        # Direct upstream calls over httpx, where respx sees them (the server's aiohttp
+        # transport is exercised by the end-to-end tests); litellm's own httpx clients are
+        # seen by respx's "httpx" mocker whatever transport they use.
+        upstreams = upstreams or Upstreams(config.upstream.timeout_seconds, transport=HttpxTransport())
         app = create_app(config, url or redis_url, upstreams)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
@@ -199,6 +202,18 @@ def openai_sse(pieces: list[str], finish: bool = True, usage: bool = True) -> by
     return body + (b"data: [DONE]\n\n" if finish else b"")
 
 
+def sse_events(raw: bytes) -> list[Any]:
+    """The `data:` events of an SSE body: JSON objects, and the "[DONE]" sentinel as is."""
+    import orjson
+
+    out: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[6:]
+            out.append(data if data == "[DONE]" else orjson.loads(data))
+    return out
+
+
 def sdk(client: httpx.AsyncClient, tenant: str = "acme") -> Any:
     """The official openai SDK, talking to the in-process app through `client`."""
     import openai
@@ -208,12 +223,22 @@ def sdk(client: httpx.AsyncClient, tenant: str = "acme") -> Any:
     )
 
 
-@pytest.fixture
-def upstream() -> Iterator[Any]:
-    """respx in front of the provider's HTTP API: an unmocked request fails the test."""
+def provider_mock(**options: Any) -> Any:
+    """respx in front of the provider's HTTP API: an unmocked request fails the test.
+
+    respx's "httpx" mocker sees every httpx client, litellm's included (whatever transport
+    litellm gives them), and the direct upstream's `HttpxTransport`; the test's own client
+    to the in-process app (`http://proxy`) passes through."""
     import respx
 
-    with respx.mock(assert_all_mocked=True) as mock:
+    mock = respx.mock(using="httpx", assert_all_mocked=True, **options)
+    mock.route(host="proxy").pass_through()
+    return mock
+
+
+@pytest.fixture
+def upstream() -> Iterator[Any]:
+    with provider_mock() as mock:
         yield mock
 
 

@@ -128,12 +128,6 @@ def sibling_key(key: str, kind: str) -> str:
     return f"{head}:{kind}:{tail}"
 
 
-def digest_of(key: str | bytes) -> str:
-    """The digest inside a key made by `cache_key`."""
-    text = key.decode() if isinstance(key, bytes) else key
-    return text.rsplit(":", 1)[-1].strip("{}")
-
-
 def _normalize_message(message: dict[str, Any]) -> dict[str, Any]:
     return {k: _canon(v, nfc=True) for k, v in message.items() if v is not None}
 

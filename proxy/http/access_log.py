@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from proxy.stats.recorder import RequestRecord
+from proxy.stats.schema import RequestRecord
 
 access = logging.getLogger("llmcp.access")
 

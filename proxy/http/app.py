@@ -33,7 +33,7 @@ from proxy.http.routes.models import router
 from proxy.http.routes.review import router as review_router
 from proxy.http.routes.stats import router as stats_router
 from proxy.service.runtime import Runtime
-from proxy.upstream.litellm_upstream import Upstreams
+from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp")
 

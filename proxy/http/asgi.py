@@ -1,10 +1,11 @@
 """The cached endpoints (chat completions, completions, responses, embeddings) as raw ASGI,
 in front of FastAPI.
 
-The chat endpoint is the product's hot path: a cache hit must cost little more than the
+These endpoints are the product's hot path: a cache hit must cost little more than the
 Redis GET it needs. FastAPI's middleware, routing and dependency layers cost several
-times the rest of a hit, so this endpoint talks ASGI directly; every other route (and the
-lifespan that builds the Runtime) is the FastAPI app behind it.
+times the rest of a hit, so they talk ASGI directly; every other route (and the lifespan
+that builds the Runtime) is the FastAPI app behind it. Each path maps to its adapter and
+every one goes through the same pipeline.
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from proxy.core.request import Reply, RequestMeta
+from proxy.core.apis.base import Adapter
+from proxy.core.apis.chat import ChatAdapter
+from proxy.core.apis.completions import CompletionsAdapter
+from proxy.core.apis.embeddings import EmbeddingsAdapter
+from proxy.core.apis.responses import ResponsesAdapter
+from proxy.core.request import RequestMeta
 from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
 from proxy.http.access_log import log_request
 from proxy.http.auth import authenticate_tenant
 from proxy.http.errors import error_parts
+from proxy.http.headers import Headers, response_headers
+from proxy.service.request import ProxyRequest, Reply
 from proxy.service.runtime import Runtime
-from proxy.stats.recorder import RequestRecord, classify
+from proxy.stats.schema import RequestRecord, classify
 
-EMBEDDINGS_PATH = "/v1/embeddings"
-# Chat completions, legacy completions, the Responses API (runtime.generation) and embeddings.
-_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", EMBEDDINGS_PATH})
+# The cached endpoints, each with the adapter that says what is particular to it.
+ROUTES: dict[str, Adapter] = {
+    "/v1/chat/completions": ChatAdapter(),
+    "/v1/completions": CompletionsAdapter(),
+    "/v1/responses": ResponsesAdapter(),
+    "/v1/embeddings": EmbeddingsAdapter(),
+}
 _WANTED = {
     b"authorization",
     b"content-length",
@@ -55,7 +67,8 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not self._headers_fit(scope):
             return await self._refuse(scope, send)
-        if scope["type"] != "http" or scope["path"] not in _ROUTES:
+        api = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if api is None:
             await self.inner(scope, receive, send)
             return
         path = scope["path"]
@@ -76,24 +89,23 @@ class FastPath:
             meta = RequestMeta(
                 headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
             )
-            if path == EMBEDDINGS_PATH:
-                body, extra = await runtime.embeddings.embed(tenant, raw, record, meta.end_user)
-                reply = Reply(200, extra, body)
-            else:
-                reply = await runtime.generation[path].answer(tenant, raw, meta, record)
+            req = ProxyRequest(tenant, meta, record)
+            reply = await runtime.pipeline.answer(api, req, raw)
         except Exception as exc:
             classify(record, exc)
             status, extra, body = error_parts(exc)
             _finish(runtime, record, request_id, path, status)
-            await _send_whole(send, status, {**extra, "X-Request-Id": request_id}, body, "application/json")
+            error_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+            error_headers.append((b"x-request-id", request_id.encode()))
+            await _send_whole(send, status, error_headers, body, "application/json")
             return
-        reply.headers["X-Request-Id"] = request_id
+        out = response_headers(req, request_id)
         if reply.stream is None:
             _finish(runtime, record, request_id, path, reply.status)
-            await _send_whole(send, reply.status, reply.headers, reply.body, reply.media_type)
+            await _send_whole(send, reply.status, out, reply.body, reply.media_type)
             return
         try:
-            await _send_stream(send, receive, reply, reply.stream)
+            await _send_stream(send, receive, reply, reply.stream, out)
         finally:
             _finish(runtime, record, request_id, path, reply.status)
 
@@ -107,7 +119,7 @@ class FastPath:
         limit = self.inner.state.runtime.config.server.max_header_bytes
         error = HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
         status, headers, body = error_parts(error)
-        await _send_whole(send, status, headers, body, "application/json")
+        await _send_whole(send, status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], body)
 
 
 def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:
@@ -146,30 +158,21 @@ async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _header_list(headers: dict[str, str], media_type: str, length: int | None) -> list[tuple[bytes, bytes]]:
-    out = [(b"content-type", media_type.encode())]
-    if length is not None:
-        out.append((b"content-length", str(length).encode()))
-    out += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    return out
-
-
-async def _send_whole(send: Any, status: int, headers: dict[str, str], body: bytes, media_type: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": _header_list(headers, media_type, len(body)),
-        }
-    )
+async def _send_whole(
+    send: Any, status: int, headers: Headers, body: bytes, media_type: str = "application/json"
+) -> None:
+    start = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_stream(send: Any, receive: Any, reply: Reply, stream: AsyncIterator[bytes]) -> None:
+async def _send_stream(
+    send: Any, receive: Any, reply: Reply, stream: AsyncIterator[bytes], headers: Headers
+) -> None:
     """Send chunks as they come; if the client hangs up, stop (the pipeline's cleanup
     releases the upstream call and settles the rate-limit reservation)."""
-    headers = _header_list(reply.headers, reply.media_type + "; charset=utf-8", None) + _STREAM_HEADERS
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    start = [(b"content-type", reply.media_type.encode() + b"; charset=utf-8"), *headers, *_STREAM_HEADERS]
+    await send({"type": "http.response.start", "status": reply.status, "headers": start})
 
     async def pump() -> None:
         async for part in stream:

@@ -1,14 +1,18 @@
 """The OpenAPI description of the endpoints served in front of FastAPI (`proxy.http.asgi`).
 
 FastAPI describes only its own routes; the cached generation endpoints and embeddings are
-raw ASGI, so their request bodies are described here (the fields the proxy checks; any
-other OpenAI field is accepted and passed on) and merged into `/openapi.json`. The fuzz
-tests (schemathesis) generate requests from this schema.
+raw ASGI, so their request bodies are described here and merged into `/openapi.json`. Each
+body schema is generated from the table the runtime checks the body against
+(`proxy.core.schemas`): the fields the proxy checks, exactly as it checks them; any other
+OpenAI field is accepted and passed on. The fuzz tests (schemathesis) generate requests
+from this schema.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from proxy.core.schemas import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, RequestTable, request_schema
 
 _ERROR = {
     "description": "OpenAI-style error",
@@ -33,92 +37,25 @@ _ERROR = {
         }
     },
 }
-_MESSAGES = {
-    "type": "array",
-    "minItems": 1,
-    "items": {
-        "type": "object",
-        "required": ["role"],
-        "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-            "content": {"type": ["string", "array", "null"]},
-        },
-    },
-}
-_COMMON = {
-    "model": {"type": "string"},
-    "stream": {"type": "boolean"},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "user": {"type": "string"},
-}
-_BODIES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
-    "/v1/chat/completions": (
-        "Chat completion (cached; stream or not)",
-        {
-            **_COMMON,
-            "messages": _MESSAGES,
-            "n": {"type": "integer", "minimum": 1, "maximum": 128},
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "seed": {"type": "integer"},
-            "stop": {"type": ["string", "array"]},
-            "tools": {"type": "array", "items": {"type": "object"}},
-        },
-        ["model", "messages"],
-    ),
-    "/v1/completions": (
-        "Legacy completion (cached; stream or not)",
-        {
-            **_COMMON,
-            "prompt": {"type": ["string", "array"]},
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "echo": {"type": "boolean"},
-            "suffix": {"type": "string"},
-            "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
-        },
-        ["model", "prompt"],
-    ),
-    "/v1/responses": (
-        "Responses API (cached unless store or background; stream or not)",
-        {
-            **_COMMON,
-            "input": {"type": ["string", "array"]},
-            "instructions": {"type": "string"},
-            "max_output_tokens": {"type": "integer", "minimum": 1},
-            "previous_response_id": {"type": "string"},
-            "store": {"type": "boolean"},
-        },
-        ["model", "input"],
-    ),
-    "/v1/embeddings": (
-        "Embeddings (cached per input item)",
-        {
-            "model": {"type": "string"},
-            "input": {"type": ["string", "array"]},
-            "dimensions": {"type": "integer", "minimum": 1},
-            "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-            "user": {"type": "string"},
-        },
-        ["model", "input"],
-    ),
+_OPERATIONS: dict[str, tuple[RequestTable, str]] = {
+    "/v1/chat/completions": (CHAT, "Chat completion (cached; stream or not)"),
+    "/v1/completions": (COMPLETIONS, "Legacy completion (cached; stream or not)"),
+    "/v1/responses": (RESPONSES, "Responses API (cached unless store or background; stream or not)"),
+    "/v1/embeddings": (EMBEDDINGS, "Embeddings (cached per input item)"),
 }
 
 
 def fast_path_operations() -> dict[str, Any]:
     """OpenAPI path items for the raw ASGI endpoints."""
     paths = {}
-    for path, (summary, properties, required) in _BODIES.items():
+    for path, (table, summary) in _OPERATIONS.items():
         paths[path] = {
             "post": {
                 "summary": summary,
                 "security": [{"bearer": []}],
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"type": "object", "required": required, "properties": properties}
-                        }
-                    },
+                    "content": {"application/json": {"schema": request_schema(table)}},
                 },
                 "responses": {
                     "200": {"description": "The answer (JSON, or server-sent events when streaming)"},
@@ -130,4 +67,5 @@ def fast_path_operations() -> dict[str, Any]:
 
 
 def security_scheme() -> dict[str, Any]:
+    """Every endpoint takes the tenant's key as a bearer token."""
     return {"bearer": {"type": "http", "scheme": "bearer"}}

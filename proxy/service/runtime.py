@@ -12,25 +12,21 @@ import logging
 import os
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from proxy.config import Config, load_config
-from proxy.core.apis.base import Api
-from proxy.core.apis.completions import CompletionsApi
-from proxy.core.apis.embeddings import EmbeddingService
-from proxy.core.apis.responses import ResponsesApi
 from proxy.errors import ConfigError
 from proxy.service.config_watch import ConfigWatcher, file_digest
-from proxy.service.pipeline import GenerationService
+from proxy.service.pipeline import Pipeline
+from proxy.service.stages import Stages
 from proxy.stats.recorder import StatsRecorder
 from proxy.stats.report import StatsReport
 from proxy.store.cache import CacheStore
-from proxy.store.connection import RedisGate, blocking_client, connect
+from proxy.store.connection import RedisClient, RedisGate, blocking_client, connect
 from proxy.store.flight import SingleFlight
 from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue
-from proxy.upstream.litellm_upstream import Upstreams, preload
+from proxy.upstream.litellm_upstream import preload
+from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp")
 
@@ -38,16 +34,14 @@ log = logging.getLogger("llmcp")
 @dataclass
 class Runtime:
     config: Config
-    redis: aioredis.Redis
+    redis: RedisClient
     gate: RedisGate
     upstreams: Upstreams
     flight: SingleFlight
-    # One pipeline per cached generation API, by its path under /v1.
-    generation: dict[str, GenerationService]
+    pipeline: Pipeline  # every cached endpoint
     limiter: RateLimiter
     stats: StatsRecorder
     report: StatsReport
-    embeddings: EmbeddingService
     review: ReviewQueue
     l1: L1Subscriber | None = None
     l1_cache: L1Cache | None = None
@@ -70,30 +64,26 @@ class Runtime:
         # Stores always announce their key: other replicas may run an L1 even if this one does not.
         channel = l1_channel(config.redis.key_prefix)
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes, l1, channel)
-        upstreams = upstreams or Upstreams(
-            config.upstream.timeout_seconds, http_client=config.upstream.http_client
-        )
+        upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
         limiter = RateLimiter(gate, config)
         review = ReviewQueue(gate, config)
         flight = SingleFlight(gate, config)
-        generation = _generation(config, cache, upstreams, limiter, flight, review)
+        pipeline = Pipeline(Stages(config, cache, upstreams, limiter, flight, review))
         subscriber = None
         if l1 is not None:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
             subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
         stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
-        embeddings = EmbeddingService(config, gate, upstreams, limiter)
         return cls(
             config,
             client,
             gate,
             upstreams,
             flight,
-            generation,
+            pipeline,
             limiter,
             stats,
             report,
-            embeddings,
             review,
             subscriber,
             l1,
@@ -121,8 +111,7 @@ class Runtime:
         )
         limiter = self.limiter.renewed(new)
         self.review = ReviewQueue(self.gate, new)
-        self.generation = _generation(new, cache, self.upstreams, limiter, self.flight, self.review)
-        self.embeddings = EmbeddingService(new, self.gate, self.upstreams, limiter)
+        self.pipeline = Pipeline(Stages(new, cache, self.upstreams, limiter, self.flight, self.review))
         self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
 
     def reload_from_file(self) -> Config:
@@ -175,22 +164,3 @@ class Runtime:
             await self.l1.stop()
         await self.upstreams.aclose()
         await self.redis.aclose()
-
-
-def _generation(
-    config: Config,
-    cache: CacheStore,
-    upstreams: Upstreams,
-    limiter: RateLimiter,
-    flight: SingleFlight,
-    review: ReviewQueue,
-) -> dict[str, GenerationService]:
-    apis: dict[str, Api] = {
-        "/v1/chat/completions": Api(),
-        "/v1/completions": CompletionsApi(),
-        "/v1/responses": ResponsesApi(),
-    }
-    return {
-        path: GenerationService(api, config, cache, upstreams, limiter, flight, review)
-        for path, api in apis.items()
-    }

@@ -1,34 +1,31 @@
 """Prometheus exposition of the all-time counters in Redis (the same numbers as /stats).
 
-Computed from Redis rather than from process memory, so every replica serves the totals
-of all of them and a restart loses nothing; prometheus-client does the text format.
+Computed from Redis (through the report) rather than from process memory, so every
+replica serves the totals of all of them and a restart loses nothing; prometheus-client
+does the text format. Takes the report's typed figures: no field names, no Redis here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.config import ModelConfig
-from proxy.stats.prices import cost_usd
-from proxy.stats.recorder import LATENCY_BOUNDS_MS
+from proxy.stats import schema
+from proxy.stats.report import Figures
+from proxy.stats.schema import LATENCY_BOUNDS_MS, OUTCOME_METRIC, CacheOutcome, ErrorKind, LimitKind
 
-_KINDS = ("hit", "miss", "bypass")
+# Kinds of llmcp_request_errors: upstream and redis errors have metrics of their own.
+_REQUEST_ERRORS = (ErrorKind.BAD_REQUEST, ErrorKind.INTERNAL, ErrorKind.AUTH)
+_BUCKET_LABELS = tuple("+Inf" if b == float("inf") else repr(b / 1000) for b in LATENCY_BOUNDS_MS)
 
 
 class _ReportCollector(Collector):
-    def __init__(
-        self,
-        models: dict[str, ModelConfig],
-        counts: dict[tuple[str, str], dict[str, int]],
-        footprint: dict[str, Any] | None,
-    ) -> None:
-        self._models = models  # to price the tokens saved, as /stats does
-        self._counts = counts  # (tenant, model) -> raw all-time counters
+    def __init__(self, figures: Mapping[tuple[str, str], Figures], footprint: dict[str, Any] | None) -> None:
+        self._figures = figures  # (tenant, model) -> all-time figures
         self._footprint = footprint
 
     def collect(self) -> Iterator[Metric]:
@@ -65,30 +62,28 @@ class _ReportCollector(Collector):
         limited_totals: dict[tuple[str, str], int] = {}
         redis_totals: dict[str, int] = {}
         error_totals: dict[tuple[str, str], int] = {}
-        for (tenant, model), c in sorted(self._counts.items()):
-            for kind in _KINDS:
-                requests.add_metric([tenant, model, kind], c.get(kind, 0))
+        for (tenant, model), figures in sorted(self._figures.items()):
+            c = figures.counts
+            for outcome in CacheOutcome:
+                kind = outcome.label
+                requests.add_metric([tenant, model, kind], c[OUTCOME_METRIC[outcome]])
                 buckets, running = [], 0
-                for i, bound in enumerate(LATENCY_BOUNDS_MS):
-                    running += c.get(f"lat_{kind}|{i}", 0)
-                    buckets.append(("+Inf" if bound == float("inf") else repr(bound / 1000), running))
+                for label, n in zip(_BUCKET_LABELS, c.latency_histogram(outcome), strict=True):
+                    running += n
+                    buckets.append((label, running))
                 if running:
-                    latency.add_metric([tenant, model, kind], buckets, c.get(f"lat_{kind}_sum_us", 0) / 1e6)
-            saved.add_metric([tenant, model, "prompt"], c.get("saved_prompt", 0))
-            saved.add_metric([tenant, model, "completion"], c.get("saved_completion", 0))
-            config = self._models.get(model)
-            saved_cost = (
-                cost_usd(config, c.get("saved_prompt", 0), c.get("saved_completion", 0)) if config else 0.0
-            )
-            cost.add_metric([tenant, model], saved_cost)
-            upstream.add_metric([tenant, model], c.get("err_upstream", 0))
-            for kind in ("requests", "tokens"):
-                limited_totals[(tenant, kind)] = limited_totals.get((tenant, kind), 0) + c.get(
-                    f"limited_{kind}", 0
-                )
-            redis_totals[tenant] = redis_totals.get(tenant, 0) + c.get("err_redis", 0)
-            for kind in ("bad_request", "internal", "auth"):
-                error_totals[(tenant, kind)] = error_totals.get((tenant, kind), 0) + c.get(f"err_{kind}", 0)
+                    latency.add_metric([tenant, model, kind], buckets, c.latency_sum_us(outcome) / 1e6)
+            saved.add_metric([tenant, model, "prompt"], c[schema.Metric.SAVED_PROMPT])
+            saved.add_metric([tenant, model, "completion"], c[schema.Metric.SAVED_COMPLETION])
+            cost.add_metric([tenant, model], figures.cost_saved)
+            upstream.add_metric([tenant, model], c.errors(ErrorKind.UPSTREAM))
+            for limit in LimitKind:
+                key = (tenant, limit.value)
+                limited_totals[key] = limited_totals.get(key, 0) + c.limited(limit)
+            redis_totals[tenant] = redis_totals.get(tenant, 0) + c.errors(ErrorKind.REDIS)
+            for error in _REQUEST_ERRORS:
+                key = (tenant, error.value)
+                error_totals[key] = error_totals.get(key, 0) + c.errors(error)
         for (tenant, kind), n in sorted(limited_totals.items()):
             limited.add_metric([tenant, kind], n)
         for tenant, n in sorted(redis_totals.items()):
@@ -106,11 +101,8 @@ class _ReportCollector(Collector):
             yield from (entries, memory)
 
 
-def render(
-    models: dict[str, ModelConfig],
-    counts: dict[tuple[str, str], dict[str, int]],
-    footprint: dict[str, Any] | None,
-) -> bytes:
+def render(figures: Mapping[tuple[str, str], Figures], footprint: dict[str, Any] | None) -> bytes:
+    """The text exposition of the report's all-time figures (StatsReport.all_time)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ReportCollector(models, counts, footprint))
+    registry.register(_ReportCollector(figures, footprint))
     return generate_latest(registry)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.core.keys import sibling_key
-from proxy.store.connection import RedisGate, script
+from proxy.store.connection import RedisGate, is_cluster, script
 from proxy.store.l1 import L1Cache
 
 _HEADER = struct.Struct("!BBQIIB")
@@ -188,3 +188,30 @@ class CacheStore:
             args.append(pack_blob(request, self._compress_min))
         done = await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
         return "stored" if done == 1 else "pinned"
+
+    async def get_items(self, keys: list[str]) -> list[bytes | None]:
+        """Raw values of per-item entries (embeddings), in order: one MGET (one per slot,
+        sent together, on a cluster). Raises StoreUnavailable when Redis fails."""
+
+        async def mget(r: Any) -> list[Any]:
+            if is_cluster(r):  # the items live in many slots
+                return list(await r.mget_nonatomic(keys))
+            return list(await r.mget(keys))
+
+        values = await self._gate.run(mget)
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    async def put_items(self, keys: list[str], values: list[bytes], ttl_seconds: int) -> int:
+        """Store per-item entries in one pipeline, each with the TTL, skipping any over
+        cache.max_entry_bytes; returns how many were written."""
+        fitting = [(k, v) for k, v in zip(keys, values, strict=True) if len(v) <= self.max_entry_bytes]
+
+        async def write(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for key, value in fitting:
+                pipe.set(key, value, ex=ttl_seconds)
+            await pipe.execute()
+
+        if fitting:
+            await self._gate.run(write)
+        return len(fitting)

@@ -31,6 +31,7 @@ from proxy.errors import StoreUnavailable
 
 log = logging.getLogger("llmcp.redis")
 T = TypeVar("T")
+RedisClient = aioredis.Redis  # what `connect` returns; layers above name it without importing redis
 
 # RedisClusterException: the cluster client's own failures (no reachable node, slots
 # not covered); it is not a RedisError.

@@ -10,86 +10,30 @@ settling runs in its own task, so a client that hangs up cannot leak a reservati
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, Literal
+from typing import Any
 
-from proxy.config import BucketLimits, Config, TenantConfig
-from proxy.core.keys import KEY_VERSION
+from proxy.config import Config, TenantConfig
+from proxy.core.limits import Bucket, BucketPlanner, duration, rate_headers
 from proxy.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from proxy.store.connection import RedisGate, script
 
 log = logging.getLogger("llmcp.ratelimit")
 
-Kind = Literal["requests", "tokens"]
 _ALLOWED, _WAITED, _DENIED, _TOO_LARGE = 1, 2, 0, -1
-
-
-@cache
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    key: str
-    kind: Kind
-    scope: str  # how a 429 names it: "acme", "acme (model gpt-4o)", "acme (end user)"
-    per_minute: int
-    capacity: int
 
 
 @dataclass(slots=True)
 class Reservation:
     """What a request took; `settle` gives back or takes the difference later."""
 
-    buckets: list[Bucket]
+    buckets: tuple[Bucket, ...]
     costs: list[int]
     levels: list[int]
     resets_ms: list[int]
-
-    def headers(self) -> dict[str, str]:
-        return rate_headers(self.buckets, self.levels, self.resets_ms)
-
-
-def rate_headers(buckets: list[Bucket], levels: list[int], resets_ms: list[int]) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers, from the tightest bucket of each kind."""
-    out: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        idx = [i for i, b in enumerate(buckets) if b.kind == kind]
-        if not idx:
-            continue
-        i = min(idx, key=lambda j: levels[j])
-        out[f"x-ratelimit-limit-{kind}"] = str(buckets[i].per_minute)
-        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, levels[i]))
-        out[f"x-ratelimit-reset-{kind}"] = duration(resets_ms[i])
-    return out
-
-
-def duration(ms: int) -> str:
-    """OpenAI's reset format: 20ms, 1s, 1.5s, 6m0s."""
-    if ms < 1000:
-        return f"{max(ms, 0)}ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _scope_buckets(base: str, scope: str, limits: BucketLimits) -> list[Bucket]:
-    out = []
-    if limits.requests_per_minute:
-        cap = limits.burst_requests or limits.requests_per_minute
-        out.append(Bucket(f"{base}:requests", "requests", scope, limits.requests_per_minute, cap))
-    if limits.tokens_per_minute:
-        cap = limits.burst_tokens or limits.tokens_per_minute
-        out.append(Bucket(f"{base}:tokens", "tokens", scope, limits.tokens_per_minute, cap))
-    return out
-
-
-def end_user_id(user: str) -> str:
-    """End users are stored hashed: their ids may be emails."""
-    return hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 class RateLimiter:
@@ -99,33 +43,22 @@ class RateLimiter:
         self._acquire = script(gate.client, "acquire.lua")
         self._adjust = script(gate.client, "adjust.lua")
         self._pending: set[asyncio.Task[list[int]]] = set()
+        self._planner = BucketPlanner(config.redis.key_prefix)
 
     def renewed(self, config: Config) -> RateLimiter:
         """A limiter for a reloaded config, sharing this one's scripts and pending settlements."""
         fresh = RateLimiter.__new__(RateLimiter)
         fresh._gate, fresh._config = self._gate, config
         fresh._acquire, fresh._adjust, fresh._pending = self._acquire, self._adjust, self._pending
+        fresh._planner = BucketPlanner(config.redis.key_prefix)
         return fresh
 
-    def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> list[Bucket]:
+    def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> tuple[Bucket, ...]:
         """Every bucket this request must pass; empty for an unlimited tenant."""
-        limits = tenant.limits
-        if limits is None:
-            return []
-        # {tenant} is a hash tag: one request's buckets live in one Redis Cluster slot.
-        base = f"{self._config.redis.key_prefix}:{KEY_VERSION}:{{{tenant.name}}}:rl"
-        buckets = _scope_buckets(f"{base}:t", tenant.name, limits)
-        if model in limits.models:
-            buckets += _scope_buckets(
-                f"{base}:m:{model}", f"{tenant.name} (model {model})", limits.models[model]
-            )
-        if limits.per_user and end_user:
-            uid = end_user_id(end_user)
-            buckets += _scope_buckets(f"{base}:u:{uid}", f"{tenant.name} (end user)", limits.per_user)
-        return buckets
+        return self._planner.plan(tenant, model, end_user)
 
     async def acquire(
-        self, buckets: list[Bucket], tokens: int, now_us: int | None = None
+        self, buckets: tuple[Bucket, ...], tokens: int, now_us: int | None = None
     ) -> Reservation | None:
         """Take one request and `tokens` from every bucket, or raise RateLimited.
 
@@ -171,7 +104,7 @@ class RateLimiter:
         levels: list[int],
         resets: list[int],
         wait_ms: int,
-        buckets: list[Bucket],
+        buckets: tuple[Bucket, ...],
     ) -> RateLimited:
         unit = "requests per min (RPM)" if bucket.kind == "requests" else "tokens per min (TPM)"
         headers = rate_headers(buckets, levels, resets)
@@ -210,7 +143,7 @@ class RateLimiter:
         if reservation is not None:
             self._adjust_soon(reservation.buckets, list(reservation.costs))
 
-    def _adjust_soon(self, buckets: list[Bucket], deltas: list[int]) -> None:
+    def _adjust_soon(self, buckets: tuple[Bucket, ...], deltas: list[int]) -> None:
         pairs = [(b, d) for b, d in zip(buckets, deltas, strict=True) if d]
         if not pairs:
             return
@@ -220,7 +153,9 @@ class RateLimiter:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def adjust(self, buckets: list[Bucket], deltas: list[int], now_us: int | None = None) -> list[int]:
+    async def adjust(
+        self, buckets: Sequence[Bucket], deltas: list[int], now_us: int | None = None
+    ) -> list[int]:
         args: list[Any] = ["" if now_us is None else now_us]
         for bucket, delta in zip(buckets, deltas, strict=True):
             args += [bucket.per_minute, bucket.capacity, delta]

@@ -32,6 +32,7 @@ from proxy.store.connection import RedisGate, script
 from proxy.store.l1 import l1_channel
 
 Decision = Literal["approve", "reject", "pin"]
+# The cache key kind of an answer -> the API it answers, as items show it.
 _API_OF_KIND = {"chat": "chat.completions", "resp": "responses", "cmpl": "completions"}
 DECISIONS: tuple[str, ...] = ("approve", "reject", "pin")
 _UINT32 = 2**32
@@ -205,22 +206,6 @@ class ReviewQueue:
             )
         return out
 
-    async def counts(self, namespaces: list[str]) -> dict[str, dict[str, int]]:
-        """Pending and dropped per namespace, for /stats (one round trip)."""
-
-        async def read(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for ns in namespaces:
-                pipe.zcard(self.queue_key(ns))
-                pipe.get(self.dropped_key(ns))
-            return list(await pipe.execute())
-
-        raw = await self._gate.run(read)
-        return {
-            ns: {"pending": int(raw[2 * i]), "dropped": int(raw[2 * i + 1] or 0)}
-            for i, ns in enumerate(namespaces)
-        }
-
 
 def _describe(
     namespace: str,
@@ -239,9 +224,7 @@ def _describe(
         "tenant": namespace,
         "state": f.get("state", "pending"),
         "source": f.get("source", "flag"),
-        "api": {"chat": "chat.completions", "resp": "responses", "cmpl": "completions"}.get(
-            f.get("kind", "chat")
-        ),
+        "api": _API_OF_KIND.get(f.get("kind", "chat")),
         "flags": int(f.get("flags", 0)),
         "reason": f.get("reason"),
         "flagged_by": f.get("flagged_by"),

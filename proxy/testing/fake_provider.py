@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from proxy.core.apis.responses import sse_event
+from proxy.core.apis.base import Endpoint
+from proxy.core.apis.sse import DONE, event, typed_event
 from proxy.upstream import demo
 
 Scope = dict[str, Any]
@@ -81,9 +82,8 @@ class FakeUpstream:
             for name, value in orjson.loads(body or b"{}").items():
                 setattr(self.state, name, value)
             await _send_json(send, {"ok": True})
-        elif path.endswith(("/completions", "/responses")) and method == "POST":
-            api = "chat" if path.endswith("/chat/completions") else path.rsplit("/", 1)[1]
-            await self._generate(api, orjson.loads(body), send)
+        elif (endpoint := _endpoint(path)) is not None and method == "POST":
+            await self._generate(endpoint, orjson.loads(body), send)
         elif path.endswith("/embeddings") and method == "POST":
             request = orjson.loads(body)
             self.state.requests += 1
@@ -97,7 +97,7 @@ class FakeUpstream:
         else:
             await _send_json(send, {"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
 
-    async def _generate(self, api: str, request: dict[str, Any], send: Any) -> None:
+    async def _generate(self, endpoint: Endpoint, request: dict[str, Any], send: Any) -> None:
         state = self.state
         state.requests += 1
         state.last_body = request
@@ -133,11 +133,11 @@ class FakeUpstream:
             return
         model = request.get("model", "fake")
         if not request.get("stream"):
-            await _send_json(send, demo.answer_for(api, model, request))
+            await _send_json(send, demo.answer_for(endpoint, model, request))
             return
-        chunks = demo.stream_for(api, model, request)
+        chunks = demo.stream_for(endpoint, model, request)
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        if api != "responses" and not include_usage:
+        if endpoint is not Endpoint.RESPONSES and not include_usage:
             chunks = [c for c in chunks if not c.get("usage")]
         if state.mode == "half_stream":
             chunks = chunks[: len(chunks) // 2]
@@ -149,13 +149,21 @@ class FakeUpstream:
             }
         )
         for chunk in chunks:
-            data = sse_event(chunk) if api == "responses" else b"data: " + orjson.dumps(chunk) + b"\n\n"
+            data = typed_event(chunk) if endpoint is Endpoint.RESPONSES else event(chunk)
             await send({"type": "http.response.body", "body": data, "more_body": True})
             if state.chunk_delay_ms:
                 await asyncio.sleep(state.chunk_delay_ms / 1000)
         # The Responses API ends with its response.completed event; the others with [DONE].
-        tail = b"" if state.mode == "half_stream" or api == "responses" else b"data: [DONE]\n\n"
+        tail = b"" if state.mode == "half_stream" or endpoint is Endpoint.RESPONSES else DONE
         await send({"type": "http.response.body", "body": tail})
+
+
+def _endpoint(path: str) -> Endpoint | None:
+    """The generation endpoint a path asks for (`/v1/chat/completions`, ...), if any."""
+    for endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES):
+        if path.endswith(endpoint.path):
+            return endpoint
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

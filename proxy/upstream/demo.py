@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.config import ModelConfig
+from proxy.core.apis.base import Endpoint, GenerationAdapter
+from proxy.core.apis.completions import prompts_of
+from proxy.core.apis.responses import replay_events
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -96,8 +99,6 @@ def chunks(model: str, messages: list[dict[str, Any]], include_usage: bool) -> l
 
 def text_completion(model: str, prompt: Any) -> dict[str, Any]:
     """A legacy `text_completion`: one choice per prompt."""
-    from proxy.core.apis.completions import prompts_of
-
     texts = [p if isinstance(p, str) else f"{len(p)} tokens" for p in prompts_of(prompt)]
     answers = [answer_text([{"role": "user", "content": t}]) for t in texts]
     prompt_tokens = sum(_count(t) for t in texts)
@@ -160,22 +161,20 @@ def response(model: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def answer_for(api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The whole answer of `api` ("chat", "completions" or "responses")."""
-    if api == "completions":
+def answer_for(endpoint: Endpoint, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The whole answer of a chat, completions or Responses API request."""
+    if endpoint is Endpoint.COMPLETIONS:
         return text_completion(model, body.get("prompt"))
-    if api == "responses":
+    if endpoint is Endpoint.RESPONSES:
         return response(model, body)
     return completion(model, body["messages"])
 
 
-def stream_for(api: str, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The same answer as the chunks (or events) a live stream of `api` sends."""
-    if api == "chat":
+def stream_for(endpoint: Endpoint, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same answer as the chunks (or events) a live stream sends."""
+    if endpoint is Endpoint.CHAT:
         return chunks(model, body["messages"], include_usage=True)
-    if api == "responses":
-        from proxy.core.apis.responses import replay_events
-
+    if endpoint is Endpoint.RESPONSES:
         return replay_events(response(model, body))
     whole = text_completion(model, body.get("prompt"))
     head = {k: whole[k] for k in ("id", "object", "created", "model")}
@@ -223,15 +222,17 @@ class DemoUpstream:
         self._latency = latency_s
         self._chunk_delay = chunk_delay_s
 
-    async def complete(self, model: ModelConfig, body: dict[str, Any], api: str = "chat") -> dict[str, Any]:
+    async def complete(
+        self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter
+    ) -> dict[str, Any]:
         await asyncio.sleep(self._latency)
-        return answer_for(api, model.name, body)
+        return answer_for(api.endpoint, model.name, body)
 
     async def stream(
-        self, model: ModelConfig, body: dict[str, Any], api: str = "chat"
+        self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter
     ) -> AsyncIterator[dict[str, Any]]:
         await asyncio.sleep(self._latency)
-        return self._paced(stream_for(api, model.name, body))
+        return self._paced(stream_for(api.endpoint, model.name, body))
 
     async def embed(
         self, model: ModelConfig, inputs: list[Any], dimensions: int | None

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.http.access_log import log_request
 from proxy.logs import JsonFormatter, log_config
-from proxy.stats.recorder import RequestRecord
+from proxy.stats.schema import RequestRecord
 
 
 def test_request_line_fields(caplog: pytest.LogCaptureFixture) -> None:

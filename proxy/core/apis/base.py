@@ -1,27 +1,72 @@
-"""What differs between the OpenAI generation endpoints the proxy caches.
+"""What differs between the cached endpoints, as one adapter object per endpoint.
 
-The pipeline (`proxy.service.pipeline`) is the same for chat completions, legacy completions and
-the Responses API: parse, key, cache, single flight, limit, upstream, store. An `Api`
-supplies the parts that differ: validation, the fields that make the key, token
-estimates, how a live stream folds into one stored answer, and how a stored answer is
-replayed as a stream. One stored answer serves stream and non-stream requests alike.
+The pipeline (`proxy.service.pipeline`) runs the same stages for every endpoint: parse,
+validate, key, cache controls, lookup, single flight, limit, upstream, store, stats. An
+adapter supplies only the parts that differ, as pure functions of the request body:
+
+    Adapter                        validation, key, token estimate, how it is called upstream
+    ├── GenerationAdapter          one cached answer per request; stream assembly and replay
+    │   ├── ChatAdapter            (chat.py)
+    │   ├── CompletionsAdapter     (completions.py)
+    │   └── ResponsesAdapter       (responses.py)
+    └── EmbeddingsAdapter          one cached vector per input item (embeddings.py)
+
+Nothing downstream compares API names: the upstream layer reads `endpoint` and the
+adapter's flags.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Any, ClassVar, Protocol
 
 from proxy.config import ModelConfig
-from proxy.core.apis.chat import DONE, StreamAssembler, event, replay_chunks
-from proxy.core.keys import chat_digest
-from proxy.core.tokens import completion_allowance, count_text, encoding, encoding_name, prompt_tokens
-from proxy.core.validation import check_chat_request
+from proxy.core.apis.sse import DONE, event
+from proxy.core.tokens import count_text, encoding, encoding_name
 from proxy.errors import ProxyError
 
 Usage = tuple[int, int]  # (prompt tokens, completion tokens)
 
 
+class Endpoint(Enum):
+    """The OpenAI operation an adapter serves: its path under the provider's base URL, and
+    the list a whole answer carries (an answer without it is not an answer)."""
+
+    CHAT = ("/chat/completions", "choices")
+    COMPLETIONS = ("/completions", "choices")
+    RESPONSES = ("/responses", "output")
+    EMBEDDINGS = ("/embeddings", "data")
+
+    def __init__(self, path: str, answer_list: str) -> None:
+        self.path = path
+        self.answer_list = answer_list
+
+
+class Adapter(ABC):
+    """The parts every endpoint has."""
+
+    endpoint: ClassVar[Endpoint]
+    key_kind: ClassVar[str]  # the cache key's kind segment (`...:<tenant>:<kind>:{digest}`)
+    per_item: ClassVar[bool] = False  # one cache entry per input item (embeddings)
+    # Fields of the client's body the proxy handles itself and never forwards upstream.
+    own_fields: ClassVar[frozenset[str]] = frozenset({"model", "stream", "stream_options"})
+    # Legacy completions: OpenAI-compatible servers are called directly even without
+    # `passthrough` (litellm's text-completion stream hides a cut-off stream).
+    direct_for_openai_models: ClassVar[bool] = False
+
+    @abstractmethod
+    def check(self, body: dict[str, Any]) -> None:
+        """Raise InvalidRequest (with `param`) unless the body is a plausible request."""
+
+    def uncacheable(self, body: dict[str, Any]) -> bool:
+        """Requests that must always reach the provider (passed through, never stored)."""
+        return False
+
+
 class Assembler(Protocol):
+    """Folds a live stream into the answer a non-stream call would have returned."""
+
     def add(self, chunk: dict[str, Any]) -> None: ...
 
     @property
@@ -45,48 +90,44 @@ class Assembler(Protocol):
         ...
 
 
-class Api:
-    """Chat completions; the other APIs override what differs."""
+class GenerationAdapter(Adapter):
+    """Endpoints with one cached answer per request, served as JSON or replayed as a stream:
+    one stored answer serves stream and non-stream requests alike."""
 
-    name = "chat"  # what the upstream is asked for
-    key_kind = "chat"  # the cache key's kind segment
-    done = DONE  # what ends a stream
+    done: ClassVar[bytes] = DONE  # what ends a stream
+    # Ask the provider for usage in streams (`stream_options.include_usage`), so stored
+    # answers carry it; the Responses API reports it in its final event anyway.
+    asks_stream_usage: ClassVar[bool] = True
 
-    def check(self, body: dict[str, Any]) -> None:
-        check_chat_request(body)
-
+    @abstractmethod
     def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return chat_digest(body, model)
+        """sha256 hex of what determines the answer (the cache key's digest, `X-Cache-Key`)."""
 
-    def uncacheable(self, body: dict[str, Any]) -> bool:
-        """Requests that must always reach the provider (passed through, never stored)."""
-        return False
+    @abstractmethod
+    def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
+        """Estimated prompt tokens, for the limiter (settled with the real usage later)."""
 
     def include_usage(self, body: dict[str, Any]) -> bool:
+        """Whether the client asked to see usage in a stream."""
         options = body.get("stream_options") or {}
         return (
             body.get("stream") is True and isinstance(options, dict) and options.get("include_usage") is True
         )
 
-    def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
-        return prompt_tokens(body, model)
-
+    @abstractmethod
     def completion_allowance(self, body: dict[str, Any], default_max_tokens: int) -> int:
-        return completion_allowance(body, default_max_tokens)
+        """Completion tokens to reserve before the call."""
 
     def usage_of(self, answer: dict[str, Any]) -> Usage:
         """The tokens a whole answer reports."""
         return usage_counts(answer.get("usage")) or (0, 0)
 
+    @abstractmethod
     def is_whole(self, body: dict[str, Any], answer: dict[str, Any]) -> bool:
-        """Only whole answers are cached: every one of the `n` choices asked for, each
-        finished. (litellm's stream wrapper can drop choices after the first.)"""
-        choices = answer.get("choices") or []
-        wanted = body.get("n") or 1
-        return len(choices) >= wanted and all(c.get("finish_reason") for c in choices)
+        """Only whole answers are cached."""
 
-    def assembler(self) -> Assembler:
-        return _ChatAssembler()
+    @abstractmethod
+    def assembler(self) -> Assembler: ...
 
     def chunk_usage(self, chunk: dict[str, Any]) -> Usage | None:
         return usage_counts(chunk.get("usage"))
@@ -100,8 +141,9 @@ class Api:
             return None
         return event({k: v for k, v in chunk.items() if k != "usage"})
 
+    @abstractmethod
     def replay_chunks(self, answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
-        return replay_chunks(answer, include_usage)
+        """A stored answer as the chunks (or events) a live stream would have sent."""
 
     def replay(self, answer: dict[str, Any], include_usage: bool) -> bytes:
         """A stored answer as the whole stream a live call would have sent."""
@@ -111,18 +153,6 @@ class Api:
     def error_event(self, error: ProxyError) -> bytes:
         """How a failure that happens mid-stream reaches the client."""
         return event(error.body())
-
-
-class _ChatAssembler(StreamAssembler):
-    def usage_counts(self) -> Usage | None:
-        return usage_counts(self.usage)
-
-    def text(self) -> str:
-        return "".join(
-            str(c["message"].get(f) or "")
-            for c in self.response()["choices"]
-            for f in ("content", "reasoning_content")
-        )
 
 
 def usage_counts(usage: Any) -> Usage | None:

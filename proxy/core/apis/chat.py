@@ -1,4 +1,4 @@
-"""Server-sent events for chat completions: assemble a stream, replay a stored answer.
+"""Chat completions (`POST /v1/chat/completions`): `messages` in, `chat.completion` out.
 
 `StreamAssembler` folds `chat.completion.chunk` objects into the `chat.completion` a
 non-stream call would have returned (content, reasoning, refusal, tool-call deltas by
@@ -8,16 +8,50 @@ request. `replay_chunks` turns a stored answer back into chunks the openai SDK p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-import orjson
+from proxy.config import ModelConfig
+from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, usage_counts
+from proxy.core.keys import chat_digest
+from proxy.core.tokens import completion_allowance, prompt_tokens
+from proxy.core.validation import check_chat
 
-DONE = b"data: [DONE]\n\n"
 _TEXT_FIELDS = ("content", "reasoning_content", "refusal")
 
 
-def event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+class ChatAdapter(GenerationAdapter):
+    endpoint = Endpoint.CHAT
+    key_kind = "chat"
+    # `store` and `metadata` would ask OpenAI to keep a copy of a completion the proxy may
+    # serve from cache; they are not forwarded.
+    own_fields: ClassVar[frozenset[str]] = frozenset(
+        {"model", "stream", "stream_options", "metadata", "store"}
+    )
+
+    def check(self, body: dict[str, Any]) -> None:
+        check_chat(body)
+
+    def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
+        return chat_digest(body, model)
+
+    def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
+        return prompt_tokens(body, model)
+
+    def completion_allowance(self, body: dict[str, Any], default_max_tokens: int) -> int:
+        return completion_allowance(body, default_max_tokens)
+
+    def is_whole(self, body: dict[str, Any], answer: dict[str, Any]) -> bool:
+        """Every one of the `n` choices asked for, each finished. (litellm's stream wrapper
+        can drop choices after the first.)"""
+        choices = answer.get("choices") or []
+        wanted = body.get("n") or 1
+        return len(choices) >= wanted and all(c.get("finish_reason") for c in choices)
+
+    def assembler(self) -> Assembler:
+        return ChatAssembler()
+
+    def replay_chunks(self, answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+        return replay_chunks(answer, include_usage)
 
 
 class StreamAssembler:
@@ -100,6 +134,18 @@ class StreamAssembler:
         if self.usage is not None:
             out["usage"] = self.usage
         return out
+
+
+class ChatAssembler(StreamAssembler):
+    def usage_counts(self) -> Usage | None:
+        return usage_counts(self.usage)
+
+    def text(self) -> str:
+        return "".join(
+            str(c["message"].get(f) or "")
+            for c in self.response()["choices"]
+            for f in ("content", "reasoning_content")
+        )
 
 
 def replay_chunks(response: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:

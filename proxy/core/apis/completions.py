@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import ModelConfig
-from proxy.core.apis.base import Api, Assembler, Usage, text_tokens, usage_counts
+from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, text_tokens, usage_counts
 from proxy.core.apis.chat import StreamAssembler
 from proxy.core.keys import params_digest
-from proxy.core.validation import CHAT_CHECKS, check_model, check_params, int_in
-from proxy.errors import InvalidRequest
+from proxy.core.validation import check_completions
 
 DEFAULT_MAX_TOKENS = 16  # the API's own default for this endpoint
 _DEFAULTS: dict[str, Any] = {
@@ -32,15 +31,6 @@ _DEFAULTS: dict[str, Any] = {
     "suffix": "",
 }
 _TEXT_FIELDS = frozenset({"prompt", "suffix"})
-_CHECKS = {
-    **{k: CHAT_CHECKS[k] for k in ("stream", "temperature", "top_p", "n", "max_tokens", "stop", "seed")},
-    **{k: CHAT_CHECKS[k] for k in ("presence_penalty", "frequency_penalty", "user", "stream_options")},
-    "logit_bias": CHAT_CHECKS["logit_bias"],
-    "logprobs": (int_in(0, 5), "an integer between 0 and 5"),
-    "best_of": (int_in(1, 20), "an integer between 1 and 20"),
-    "echo": (lambda v: isinstance(v, bool), "a boolean"),
-    "suffix": (lambda v: isinstance(v, str), "a string"),
-}
 
 
 def prompts_of(prompt: Any) -> list[Any]:
@@ -50,40 +40,16 @@ def prompts_of(prompt: Any) -> list[Any]:
     return list(prompt) if isinstance(prompt, list) else []
 
 
-def _check_prompt(prompt: Any) -> None:
-    if prompt is None:
-        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
-    if isinstance(prompt, str):
-        return
-    ok = isinstance(prompt, list) and bool(prompt)
-    if ok and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-        return
-    if ok and all(
-        isinstance(p, str) or (isinstance(p, list) and p and all(type(t) is int for t in p)) for p in prompt
-    ):
-        return
-    raise InvalidRequest(
-        "'prompt' must be a string, an array of strings, an array of tokens or an array of token arrays.",
-        param="prompt",
-    )
-
-
-class CompletionsApi(Api):
-    name = "completions"
+class CompletionsAdapter(GenerationAdapter):
+    endpoint = Endpoint.COMPLETIONS
     key_kind = "cmpl"
+    direct_for_openai_models = True
 
     def check(self, body: dict[str, Any]) -> None:
-        check_model(body)
-        _check_prompt(body.get("prompt"))
-        check_params(body, _CHECKS)
-        n, best_of = body.get("n") or 1, body.get("best_of")
-        if best_of is not None and best_of < n:
-            raise InvalidRequest("'best_of' must be at least 'n'.", param="best_of")
-        if best_of not in (None, 1) and body.get("stream") is True:
-            raise InvalidRequest("'best_of' cannot be used with 'stream'.", param="best_of")
+        check_completions(body)
 
     def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return params_digest(body, model, self.name, _DEFAULTS, _TEXT_FIELDS)
+        return params_digest(body, model, "completions", _DEFAULTS, _TEXT_FIELDS)
 
     def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
         total = 0

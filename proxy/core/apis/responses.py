@@ -16,15 +16,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from proxy.config import ModelConfig
-from proxy.core.apis.base import Api, Assembler, Usage, text_tokens, usage_counts
+from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, text_tokens, usage_counts
+from proxy.core.apis.sse import typed_event
 from proxy.core.keys import IGNORED_FIELDS, params_digest
-from proxy.core.validation import CHAT_CHECKS, check_model, check_params, int_in
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.core.validation import check_responses
+from proxy.errors import ProxyError
 
 _DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -36,35 +37,7 @@ _DEFAULTS: dict[str, Any] = {
 }
 _IGNORED = IGNORED_FIELDS | {"background"}
 _TEXT_FIELDS = frozenset({"input", "instructions"})
-_CHECKS = {
-    **{k: CHAT_CHECKS[k] for k in ("stream", "temperature", "top_p", "user", "metadata", "tools")},
-    **{k: CHAT_CHECKS[k] for k in ("tool_choice", "parallel_tool_calls")},
-    "instructions": (lambda v: isinstance(v, str), "a string"),
-    "max_output_tokens": (int_in(1, 10_000_000), "a positive integer"),
-    "previous_response_id": (lambda v: isinstance(v, str) and bool(v), "a response id"),
-    "store": (lambda v: isinstance(v, bool), "a boolean"),
-    "background": (lambda v: isinstance(v, bool), "a boolean"),
-    "text": (lambda v: isinstance(v, dict), "an object"),
-    "reasoning": (lambda v: isinstance(v, dict), "an object"),
-    "truncation": (lambda v: v in ("auto", "disabled"), "'auto' or 'disabled'"),
-    "include": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
-}
 _FAILED_EVENTS = ("response.failed", "response.incomplete", "error")
-
-
-def _check_input(body: dict[str, Any]) -> None:
-    value = body.get("input")
-    if value is None:
-        if body.get("previous_response_id") is None and body.get("prompt") is None:
-            raise InvalidRequest("Missing required parameter: 'input'.", param="input")
-        return
-    if isinstance(value, str):
-        return
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest("'input' must be a string or a non-empty array of input items.", param="input")
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"'input[{i}]' must be an object.", param=f"input[{i}]")
 
 
 def _text_of(value: Any) -> str:
@@ -78,18 +51,18 @@ def _text_of(value: Any) -> str:
     return ""
 
 
-class ResponsesApi(Api):
-    name = "responses"
+class ResponsesAdapter(GenerationAdapter):
+    endpoint = Endpoint.RESPONSES
     key_kind = "resp"
+    own_fields: ClassVar[frozenset[str]] = frozenset({"model", "stream"})
     done = b""  # the Responses API ends a stream with response.completed, no [DONE]
+    asks_stream_usage = False  # its final event carries usage
 
     def check(self, body: dict[str, Any]) -> None:
-        check_model(body)
-        _check_input(body)
-        check_params(body, _CHECKS)
+        check_responses(body)
 
     def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return params_digest(body, model, self.name, _DEFAULTS, _TEXT_FIELDS, _IGNORED)
+        return params_digest(body, model, "responses", _DEFAULTS, _TEXT_FIELDS, _IGNORED)
 
     def uncacheable(self, body: dict[str, Any]) -> bool:
         return body.get("store") is True or body.get("background") is True
@@ -118,18 +91,14 @@ class ResponsesApi(Api):
         return None
 
     def encode(self, chunk: dict[str, Any], include_usage: bool) -> bytes | None:
-        return sse_event(chunk)
+        return typed_event(chunk)
 
     def replay_chunks(self, answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
         return replay_events(answer)
 
     def error_event(self, error: ProxyError) -> bytes:
         detail = error.body()["error"]
-        return sse_event({"type": "error", "sequence_number": 0, **detail})
-
-
-def sse_event(obj: dict[str, Any]) -> bytes:
-    return b"event: " + str(obj.get("type", "message")).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+        return typed_event({"type": "error", "sequence_number": 0, **detail})
 
 
 class EventAssembler:

@@ -3,7 +3,6 @@ Admin keys see every tenant; a tenant key only its own."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from importlib.resources import files
 from typing import Any
 
@@ -14,7 +13,7 @@ from proxy.http.auth import require_admin, visible_tenants
 from proxy.http.routes import json_response, runtime_of
 from proxy.service.runtime import Runtime
 from proxy.stats.prometheus import render
-from proxy.stats.recorder import PROXY_TENANT, events_key, stats_key
+from proxy.stats.schema import PROXY_TENANT
 
 router = APIRouter()
 _MAX_EVENTS = 1000
@@ -65,13 +64,7 @@ async def stats_events(request: Request, limit: int = 100) -> Response:
     if not 1 <= limit <= _MAX_EVENTS:
         raise InvalidRequest(f"limit must be between 1 and {_MAX_EVENTS}.", param="limit")
     await runtime.stats.flush()
-    key = events_key(runtime.config.redis.key_prefix)
-
-    async def read(r: Any) -> list[dict[str, str]]:
-        rows = await r.xrevrange(key, count=limit)
-        return [{"id": i.decode(), **{k.decode(): v.decode() for k, v in f.items()}} for i, f in rows]
-
-    data = await runtime.gate.run(read)
+    data = await runtime.report.recent_events(limit)
     return json_response({"object": "list", "data": data})
 
 
@@ -80,20 +73,8 @@ async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     require_admin(runtime.config, request.headers.get("authorization"))
     await runtime.stats.flush()
-    tenants = [t.name for t in runtime.config.tenants] + [PROXY_TENANT]
-    prefix = runtime.config.redis.key_prefix
-
-    async def read(r: Any) -> list[Any]:
-        pipe = r.pipeline(transaction=False)
-        for t in tenants:
-            pipe.hgetall(stats_key(prefix, t, "all"))
-        return list(await pipe.execute())
-
-    counts: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    for tenant, raw in zip(tenants, await runtime.gate.run(read), strict=True):
-        for fld, n in raw.items():
-            model, _, metric = fld.decode().partition("|")
-            counts[(tenant, model)][metric] = int(n)
-    footprint = await runtime.report.footprint([t.name for t in runtime.config.tenants] + ["shared"])
-    body = render(runtime.config.model_index, counts, footprint)
+    tenants = [t.name for t in runtime.config.tenants]
+    figures = await runtime.report.all_time([*tenants, PROXY_TENANT])
+    footprint = await runtime.report.footprint([*tenants, "shared"])
+    body = render(figures, footprint)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

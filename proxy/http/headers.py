@@ -1,0 +1,31 @@
+"""The response headers of a cached endpoint, built from its `ProxyRequest`: the one place
+that decides what a client is told about the cache and its rate limits."""
+
+from __future__ import annotations
+
+from proxy.core.limits import rate_headers
+from proxy.service.request import ProxyRequest
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def response_headers(req: ProxyRequest, request_id: str) -> Headers:
+    """`X-Cache-Key` (the answer's digest), `X-Cache`, `Age` and `X-Cache-Coalesced` on
+    hits, `X-Cache-Hits` for per-item endpoints, OpenAI's `x-ratelimit-*` when the request
+    passed a limiter, and `X-Request-Id`."""
+    out: Headers = []
+    if req.digest:
+        out.append((b"x-cache-key", req.digest.encode()))
+    out.append((b"x-cache", req.status.value.encode()))
+    if req.age_seconds is not None:
+        out.append((b"age", str(req.age_seconds).encode()))
+    if req.coalesced:
+        out.append((b"x-cache-coalesced", b"1"))
+    if req.item_hits is not None:
+        out.append((b"x-cache-hits", f"{req.item_hits[0]}/{req.item_hits[1]}".encode()))
+    if req.rate is not None:
+        rate = req.rate
+        for name, value in rate_headers(rate.buckets, rate.levels, rate.resets_ms).items():
+            out.append((name.encode(), value.encode()))
+    out.append((b"x-request-id", request_id.encode()))
+    return out

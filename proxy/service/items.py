@@ -1,0 +1,153 @@
+"""The pipeline for per-item endpoints (embeddings): one cache entry per input item.
+
+The same stages as every endpoint (`Stages`: cache controls, single flight, limit,
+store), applied per item: one MGET looks every item up; only the missing items are
+limited, sent upstream (one call, split only past the model's batch size) and stored;
+the answer lists every item in input order. `X-Cache` is HIT (every item cached), MISS
+(none), PARTIAL, or BYPASS (`Cache-Control: no-cache`, or Redis unavailable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from proxy.core.apis.embeddings import (
+    EmbeddingRequest,
+    EmbeddingsAdapter,
+    le_floats,
+    pack_vector,
+    unpack_vector,
+)
+from proxy.core.keys import cache_key
+from proxy.core.request import CacheStatus
+from proxy.errors import StoreUnavailable
+from proxy.service.follower import Follower
+from proxy.service.request import ProxyRequest, Reply
+from proxy.service.stages import Stages
+
+
+class ItemFlow:
+    def __init__(self, stages: Stages, follower: Follower) -> None:
+        self._stages = stages
+        self._follower = follower
+
+    async def answer(self, api: EmbeddingsAdapter, req: ProxyRequest) -> Reply:
+        stages = self._stages
+        model = req.model
+        assert model is not None
+        parsed = api.parse(req.body, model)
+        prefix, namespace = stages.config.redis.key_prefix, stages.namespace(req)
+        keys = [
+            cache_key(prefix, namespace, api.key_kind, api.item_digest(model, parsed.dimensions, item))
+            for item in parsed.items
+        ]
+        found: list[bytes | None] = [None] * len(keys)
+        saved = 0
+        if req.controls.lookup:
+            try:
+                saved = self._fill(found, range(len(keys)), await stages.cache.get_items(keys))
+                req.status = CacheStatus.MISS
+            except StoreUnavailable:
+                req.record.redis_error = True
+        missing = [i for i, v in enumerate(found) if v is None]
+        req.item_hits = (len(keys) - len(missing), len(keys))
+        if not missing:
+            return self._hit(api, req, parsed, found, saved)
+
+        async def recheck() -> Reply | None:
+            """Items the leader stored since our lookup; the answer once all are there."""
+            nonlocal saved
+            values = await stages.cache.get_items([keys[i] for i in missing])
+            saved += self._fill(found, missing, values)
+            if any(v is None for v in found):
+                return None
+            req.item_hits = (len(keys), len(keys))
+            return self._hit(api, req, parsed, found, saved)
+
+        if stages.wants_flight(req):
+            joined = "\n".join(keys[i] for i in missing).encode()
+            req.flight_digest = hashlib.sha256(joined).hexdigest()
+            shared = await stages.single_flight(req, recheck, self._follower.follow)
+            if shared is not None:
+                return shared
+            missing = [i for i, v in enumerate(found) if v is None]
+            req.item_hits = (len(keys) - len(missing), len(keys))
+        try:
+            await stages.limit(req, lambda: sum(parsed.tokens[i] for i in missing))
+            used, stored = await self._fetch(req, parsed, keys, missing, found)
+        except BaseException:
+            await stages.finish_flight(req, False)
+            raise
+        await stages.finish_flight(req, stored)
+        if req.status == CacheStatus.MISS and len(missing) < len(keys):
+            req.status = CacheStatus.PARTIAL
+        req.answered_upstream()
+        req.record.saved_tokens, req.record.prompt_tokens = saved, used
+        return Reply(api.answer(model.name, [v for v in found if v is not None], parsed.base64, used))
+
+    @staticmethod
+    def _fill(found: list[bytes | None], where: range | list[int], values: list[bytes | None]) -> int:
+        """Put readable cached vectors in place; returns the tokens they saved."""
+        saved = 0
+        for i, value in zip(where, values, strict=True):
+            unpacked = unpack_vector(value) if value is not None else None
+            if unpacked is not None:
+                found[i], saved = unpacked[0], saved + unpacked[1]
+        return saved
+
+    @staticmethod
+    def _hit(
+        api: EmbeddingsAdapter,
+        req: ProxyRequest,
+        parsed: EmbeddingRequest,
+        found: list[bytes | None],
+        saved: int,
+    ) -> Reply:
+        assert req.model is not None
+        req.served_hit(0, 0, None)
+        req.record.saved_tokens = saved
+        return Reply(api.answer(req.model.name, [v for v in found if v is not None], parsed.base64, 0))
+
+    async def _fetch(
+        self,
+        req: ProxyRequest,
+        parsed: EmbeddingRequest,
+        keys: list[str],
+        missing: list[int],
+        found: list[bytes | None],
+    ) -> tuple[int, bool]:
+        """Embed the missing items upstream (in batches), store them, fill `found`;
+        returns (tokens used, whether every item is now stored)."""
+        stages = self._stages
+        model, api = req.model, req.api
+        assert model is not None and isinstance(api, EmbeddingsAdapter)
+        upstream = stages.upstreams.for_model(model, api)
+        used, stored = 0, req.controls.store
+        batch = model.embedding_batch_size
+        try:
+            for start in range(0, len(missing), batch):
+                part = missing[start : start + batch]
+                vectors, tokens = await upstream.embed(
+                    model, [parsed.items[i] for i in part], parsed.dimensions
+                )
+                used += tokens
+                now_ms = int(time.time() * 1000)
+                floats = [le_floats(v) for v in vectors]
+                packed = [pack_vector(f, parsed.tokens[i], now_ms) for i, f in zip(part, floats, strict=True)]
+                for i, value in zip(part, floats, strict=True):
+                    found[i] = value
+                if req.controls.store:
+                    stored = await self._store([keys[i] for i in part], packed, req.controls.ttl) and stored
+        except BaseException:
+            stages.limiter.settle(req.reservation, used)
+            raise
+        stages.limiter.settle(req.reservation, used)
+        return used, stored
+
+    async def _store(self, keys: list[str], values: list[bytes], ttl: int) -> bool:
+        """True when every item was written (the answer is served either way)."""
+        try:
+            return await self._stages.cache.put_items(keys, values, ttl) == len(keys)
+        except StoreUnavailable:
+            return False

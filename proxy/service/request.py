@@ -1,0 +1,92 @@
+"""One typed object per request, and what the pipeline answers with.
+
+`ProxyRequest` is the one place a request's state lives while it is served: who asked
+(tenant, end user, cache headers), what it resolved to (adapter, model, body, digest,
+key, cache controls), what the pipeline decided (cache status, age, coalesced, the rate
+limit it passed) and the stats record. The pipeline sets the cache status through the
+methods below, and only there; the HTTP layer reads the object to build the response
+headers (`proxy.http.headers`) and never the other way round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import ModelConfig, TenantConfig
+from proxy.core.apis.base import Adapter, Usage
+from proxy.core.request import CacheControls, CacheStatus, RequestMeta
+from proxy.stats.schema import RequestRecord
+from proxy.store.flight import Flight
+from proxy.store.ratelimit import Reservation
+
+JSON = "application/json"
+SSE = "text/event-stream"
+_NO_CONTROLS = CacheControls(lookup=False, store=False, ttl=0)
+
+
+@dataclass(slots=True)
+class Reply:
+    """The answer's bytes (or a stream of them); its headers come from the ProxyRequest."""
+
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    media_type: str = JSON
+    status: int = 200
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    tenant: TenantConfig
+    meta: RequestMeta
+    record: RequestRecord
+    api: Adapter | None = None
+    model: ModelConfig | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""  # X-Cache-Key: the answer's digest (empty for per-item endpoints)
+    key: str = ""  # the answer's cache key
+    controls: CacheControls = _NO_CONTROLS
+    stream: bool = False
+    include_usage: bool = False
+    # Decided by the pipeline:
+    status: CacheStatus = CacheStatus.BYPASS
+    age_seconds: int | None = None
+    coalesced: bool = False
+    item_hits: tuple[int, int] | None = None  # (cached, total) items, per-item endpoints
+    rate: Reservation | None = None  # the buckets it passed: the x-ratelimit-* headers
+    # Held while it is served:
+    reservation: Reservation | None = None  # to settle with the real usage
+    prompt_estimate: int = 0
+    flight: Flight | None = None  # set while this request leads a single flight
+    flight_digest: str = ""
+
+    @property
+    def end_user(self) -> str | None:
+        """`X-End-User`, else the body's `user`: whose per-user limits apply."""
+        user = self.meta.end_user or self.body.get("user")
+        return user if isinstance(user, str) else None
+
+    def served_hit(self, prompt_tokens: int, completion_tokens: int, stored_at_ms: int | None) -> None:
+        """Answered from the cache (or, coalesced, from another request's upstream call)."""
+        self.status = CacheStatus.HIT
+        if stored_at_ms is not None:
+            self.age_seconds = max(0, (int(time.time() * 1000) - stored_at_ms) // 1000)
+        self.record.cache = CacheStatus.HIT.value
+        self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
+
+    def served_coalesced(self) -> None:
+        self.coalesced = True
+        self.record.coalesced = True
+
+    def answered_upstream(self) -> None:
+        """The provider answered: the request counts as the miss (or bypass) it reported."""
+        self.record.cache = CacheStatus.HIT.value if self.status == CacheStatus.HIT else self.status.value
+        if self.status == CacheStatus.PARTIAL:
+            self.record.cache = CacheStatus.MISS.value  # stats count a partial hit as a miss
+
+    def note_usage(self, usage: Usage | None) -> int:
+        """Put an answer's usage on the record; returns prompt + completion tokens."""
+        self.record.prompt_tokens, self.record.completion_tokens = usage or (0, 0)
+        return self.record.prompt_tokens + self.record.completion_tokens

@@ -1,0 +1,156 @@
+"""The stages every cached endpoint goes through, shared by the generation flow
+(`proxy.service.pipeline`), the streaming leader (`stream`), the per-item flow (`items`)
+and the single-flight follower (`follower`): prepare (parse, validate, model, cache
+controls), single flight, limit, store. Each stage is written once, so the endpoints
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from proxy.config import Config, ModelConfig
+from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
+from proxy.core.request import CacheControls, CacheStatus, cache_controls
+from proxy.core.validation import parse_json_object
+from proxy.errors import ModelNotFound, StoreUnavailable
+from proxy.service.request import SSE, ProxyRequest, Reply
+from proxy.store.cache import CacheStore, Entry
+from proxy.store.flight import SingleFlight
+from proxy.store.ratelimit import RateLimiter
+from proxy.store.review import ReviewQueue, is_sampled
+from proxy.upstream.selector import Upstreams
+
+log = logging.getLogger("llmcp.service")
+Recheck = Callable[[], Awaitable[Reply | None]]
+
+
+class Stages:
+    """The collaborators of one config generation and the stages built on them."""
+
+    def __init__(
+        self,
+        config: Config,
+        cache: CacheStore,
+        upstreams: Upstreams,
+        limiter: RateLimiter,
+        flight: SingleFlight,
+        review: ReviewQueue,
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.upstreams = upstreams
+        self.limiter = limiter
+        self.flight = flight
+        self.review = review
+        self._background: set[asyncio.Task[None]] = set()
+
+    def namespace(self, req: ProxyRequest) -> str:
+        return self.config.cache.namespace(req.tenant.name)
+
+    def prepare(self, api: Adapter, req: ProxyRequest, raw: bytes) -> ModelConfig:
+        """Parse, validate, resolve the model and the cache controls, the same for every
+        endpoint (`Cache-Control`, `X-Cache-TTL` and the TTL caps included)."""
+        body = parse_json_object(raw)
+        name = body.get("model")
+        model = self.config.model_index.get(name) if isinstance(name, str) else None
+        if model is not None:
+            req.record.model = model.name  # so a bad request is counted against its model
+        api.check(body)
+        if model is None:
+            raise ModelNotFound(
+                f"The model '{body['model']}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        controls = cache_controls(req.meta, self.config, req.tenant, model)
+        if api.uncacheable(body):
+            controls = CacheControls(lookup=False, store=False, ttl=controls.ttl)
+        req.api, req.model, req.body, req.controls = api, model, body, controls
+        req.stream = body.get("stream") is True
+        return model
+
+    def wants_flight(self, req: ProxyRequest) -> bool:
+        """Only a miss that will be stored can be shared: followers read the stored answer."""
+        return req.status == CacheStatus.MISS and req.controls.store and self.flight.enabled
+
+    async def single_flight(self, req: ProxyRequest, recheck: Recheck, follow: Any) -> Reply | None:
+        """Lead (returns None: go upstream) or follow another request's identical miss.
+        `recheck` answers from the cache if the answer is there now; `follow` is the
+        follower's side (`proxy.service.follower`)."""
+        try:
+            flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream)
+            if not flight.leader:
+                reply: Reply | None = await follow(req, flight, recheck)
+                return reply
+            req.flight = flight
+            # A leader that just finished may have stored the answer since our lookup.
+            reply = await recheck()
+        except StoreUnavailable:
+            return None
+        if reply is not None:
+            await self.finish_flight(req, True)
+        return reply
+
+    async def finish_flight(self, req: ProxyRequest, stored: bool) -> None:
+        """Release this request's flight once; shielded so a cancelled request still wakes its followers."""
+        flight, req.flight = req.flight, None
+        if flight is not None:
+            await asyncio.shield(self.flight.finish(flight, stored))
+
+    async def limit(self, req: ProxyRequest, tokens: Callable[[], int], settle: bool = True) -> None:
+        """Reserve from the tenant's buckets (raises RateLimited). `tokens` is called only
+        when a token bucket applies; `settle=False` for cache hits (nothing to settle)."""
+        assert req.model is not None
+        buckets = self.limiter.plan(req.tenant, req.model.name, req.end_user)
+        if not buckets:
+            return
+        cost = tokens() if any(b.kind == "tokens" for b in buckets) else 0
+        reservation = await self.limiter.acquire(buckets, cost)
+        if reservation is None:
+            req.record.limiter_error = True
+            return
+        req.rate = reservation
+        if settle:
+            req.reservation = reservation
+
+    def hit_reply(self, api: GenerationAdapter, req: ProxyRequest, entry: Entry) -> Reply:
+        """A cached answer as this request wants it (JSON, or replayed as SSE)."""
+        req.served_hit(entry.prompt_tokens, entry.completion_tokens, entry.stored_at_ms)
+        if not req.stream:
+            return Reply(entry.body)
+        return Reply(api.replay(orjson.loads(entry.body), req.include_usage), media_type=SSE)
+
+    async def store(self, req: ProxyRequest, body: bytes, usage: Usage | None) -> bool:
+        """Store a whole answer; True when it is now in the cache."""
+        if not req.controls.store:
+            return False
+        assert req.api is not None and req.model is not None
+        prompt, completion = usage or (0, 0)
+        review = self.config.review
+        try:
+            outcome = await self.cache.put(
+                req.key,
+                body,
+                prompt,
+                completion,
+                req.controls.ttl,
+                req.model.name,
+                orjson.dumps(req.body) if review.keep_prompts else None,
+            )
+            if outcome == "stored" and is_sampled(req.digest, review.sample_rate):
+                await self.review.sample(self.namespace(req), req.digest, req.api.key_kind)
+        except StoreUnavailable:
+            return False
+        if outcome == "too_large":
+            log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
+        return outcome == "stored"
+
+    def spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)  # held until done, so it is not garbage-collected mid-way
+        task.add_done_callback(self._background.discard)

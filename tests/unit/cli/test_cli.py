@@ -1,0 +1,49 @@
+"""The CLI: check-config and serve stop on a bad config with one line, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
+    )
+
+
+def test_check_config_ok() -> None:
+    result = run("check-config", "--config", str(REPO / "config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config OK")
+    assert "tenant   demo" in result.stdout
+    assert "sk-demo-key" not in result.stdout  # keys are never printed
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models: [{name: m, litellm_model: openai/x}]\ntenants: [{name: t, api_keys: ['${NOPE_KEY}']}]\n"
+    )
+    for command in ("check-config", "serve"):
+        result = run(command, "--config", str(bad))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            f"llm-cache-proxy: config error: {bad}: tenants[0].api_keys[0]: environment variable "
+            "NOPE_KEY is not set"
+        ]
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "LLMCP_CONFIG": str(REPO / "config.yaml")}
+    assert run("check-config", env=env).returncode == 0
+    env["LLMCP_CONFIG"] = str(tmp_path / "missing.yaml")
+    result = run("check-config", env=env)
+    assert result.returncode == 1 and "config file not found" in result.stderr
