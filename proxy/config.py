@@ -123,6 +123,16 @@ class UpstreamConfig(_Strict):
     # nobody reads), or finish it in the background and cache the answer for the next asker.
     on_client_disconnect: Literal["cancel", "finish"] = "cancel"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "http_client" in data:
+            raise ValueError(
+                "http_client was removed (upstream calls always use the pooled aiohttp client); "
+                "delete the line"
+            )
+        return data
+
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[^\s|{}]{1,128}$")

@@ -20,7 +20,7 @@ from proxy.core.apis.chat import ChatAdapter
 from proxy.core.apis.completions import CompletionsAdapter
 from proxy.core.apis.embeddings import EmbeddingsAdapter
 from proxy.core.apis.responses import ResponsesAdapter
-from proxy.core.request import RequestMeta
+from proxy.core.cache_controls import RequestMeta
 from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
 from proxy.http.access_log import log_request
 from proxy.http.auth import authenticate_tenant

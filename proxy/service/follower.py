@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.core.apis.base import GenerationAdapter
-from proxy.core.request import CacheStatus
+from proxy.core.cache_controls import CacheStatus
 from proxy.errors import StoreUnavailable, UpstreamError
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.service.stages import Recheck, Stages

@@ -19,8 +19,8 @@ from proxy.core.apis.embeddings import (
     pack_vector,
     unpack_vector,
 )
+from proxy.core.cache_controls import CacheStatus
 from proxy.core.keys import cache_key
-from proxy.core.request import CacheStatus
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
 from proxy.service.request import ProxyRequest, Reply

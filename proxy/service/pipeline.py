@@ -15,8 +15,8 @@ import orjson
 
 from proxy.core.apis.base import Adapter, GenerationAdapter
 from proxy.core.apis.embeddings import EmbeddingsAdapter
+from proxy.core.cache_controls import CacheStatus
 from proxy.core.keys import cache_key
-from proxy.core.request import CacheStatus
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
 from proxy.service.items import ItemFlow

@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy.config import ModelConfig, TenantConfig
 from proxy.core.apis.base import Adapter, Usage
-from proxy.core.request import CacheControls, CacheStatus, RequestMeta
+from proxy.core.cache_controls import CacheControls, CacheStatus, RequestMeta
 from proxy.stats.schema import RequestRecord
 from proxy.store.flight import Flight
 from proxy.store.ratelimit import Reservation
@@ -81,10 +81,10 @@ class ProxyRequest:
         self.record.coalesced = True
 
     def answered_upstream(self) -> None:
-        """The provider answered: the request counts as the miss (or bypass) it reported."""
-        self.record.cache = CacheStatus.HIT.value if self.status == CacheStatus.HIT else self.status.value
-        if self.status == CacheStatus.PARTIAL:
-            self.record.cache = CacheStatus.MISS.value  # stats count a partial hit as a miss
+        """The provider answered: the request counts as the miss (or bypass) it reported;
+        a partial hit counts as a miss (its cached items count as tokens saved)."""
+        counted = CacheStatus.MISS if self.status == CacheStatus.PARTIAL else self.status
+        self.record.cache = counted.value
 
     def note_usage(self, usage: Usage | None) -> int:
         """Put an answer's usage on the record; returns prompt + completion tokens."""

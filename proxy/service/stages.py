@@ -16,18 +16,19 @@ import orjson
 
 from proxy.config import Config, ModelConfig
 from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
-from proxy.core.request import CacheControls, CacheStatus, cache_controls
+from proxy.core.cache_controls import CacheControls, CacheStatus, cache_controls
 from proxy.core.validation import parse_json_object
 from proxy.errors import ModelNotFound, StoreUnavailable
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.store.cache import CacheStore, Entry
-from proxy.store.flight import SingleFlight
+from proxy.store.flight import Flight, SingleFlight
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue, is_sampled
 from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp.service")
 Recheck = Callable[[], Awaitable[Reply | None]]
+Follow = Callable[[ProxyRequest, Flight, Recheck], Awaitable[Reply | None]]
 
 
 class Stages:
@@ -78,15 +79,14 @@ class Stages:
         """Only a miss that will be stored can be shared: followers read the stored answer."""
         return req.status == CacheStatus.MISS and req.controls.store and self.flight.enabled
 
-    async def single_flight(self, req: ProxyRequest, recheck: Recheck, follow: Any) -> Reply | None:
+    async def single_flight(self, req: ProxyRequest, recheck: Recheck, follow: Follow) -> Reply | None:
         """Lead (returns None: go upstream) or follow another request's identical miss.
         `recheck` answers from the cache if the answer is there now; `follow` is the
         follower's side (`proxy.service.follower`)."""
         try:
             flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream)
             if not flight.leader:
-                reply: Reply | None = await follow(req, flight, recheck)
-                return reply
+                return await follow(req, flight, recheck)
             req.flight = flight
             # A leader that just finished may have stored the answer since our lookup.
             reply = await recheck()

@@ -52,6 +52,11 @@ def test_unknown_key() -> None:
     assert error_of(minimal(cache={"ttl": 5})) == "config: cache.ttl: unknown key"
 
 
+def test_a_removed_key_says_what_to_do() -> None:
+    message = error_of(minimal(upstream={"http_client": "httpx"}))
+    assert message.startswith("config: upstream: http_client was removed") and "delete the line" in message
+
+
 def test_wrong_type() -> None:
     assert "cache.ttl_seconds" in error_of(minimal(cache={"ttl_seconds": "soon"}))
 

@@ -48,7 +48,6 @@ class Adapter(ABC):
 
     endpoint: ClassVar[Endpoint]
     key_kind: ClassVar[str]  # the cache key's kind segment (`...:<tenant>:<kind>:{digest}`)
-    per_item: ClassVar[bool] = False  # one cache entry per input item (embeddings)
     # Fields of the client's body the proxy handles itself and never forwards upstream.
     own_fields: ClassVar[frozenset[str]] = frozenset({"model", "stream", "stream_options"})
     # Legacy completions: OpenAI-compatible servers are called directly even without

@@ -47,7 +47,6 @@ class EmbeddingRequest:
 class EmbeddingsAdapter(Adapter):
     endpoint = Endpoint.EMBEDDINGS
     key_kind = "emb"
-    per_item = True
 
     def check(self, body: dict[str, Any]) -> None:
         check_embeddings(body)

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from proxy.core.apis.chat import ChatAdapter
-from proxy.core.request import RequestMeta
+from proxy.core.cache_controls import RequestMeta
 from proxy.service.request import ProxyRequest
 from proxy.service.runtime import Runtime
 from proxy.stats.schema import RequestRecord
