@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 
 from proxy.config import Config
+from proxy.core.keys import digest_in
 from proxy.stats.report import WINDOWS, StatsReport
 from proxy.store.admin import inspect, purge
 from proxy.store.connection import RedisGate, connect
@@ -170,7 +171,7 @@ def cmd_inspect(config: Config, args: argparse.Namespace) -> int:
     tenants = tenant_names(config, args.tenant)
     if tenants is None:
         return 1
-    digest = args.digest.rsplit(":", 1)[-1].strip("{}").lower()
+    digest = digest_in(args.digest)
     found = with_redis(
         config,
         lambda gate: inspect(gate, config.redis.key_prefix, digest, [*tenants, "shared"], args.show_answer),

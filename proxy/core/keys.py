@@ -1,7 +1,7 @@
 """Request normalization -> canonical bytes -> sha256 -> namespaced Redis key.
 
 Two requests that must get the same answer get the same key; any change to a field that
-can change the answer gives a different key (tests/unit/test_keys.py proves both with
+can change the answer gives a different key (tests/unit/core/test_keys.py proves both with
 hypothesis). The rules, also in docs/keyspace.md:
 
 1. Fields that do not change the output are dropped (IGNORED_FIELDS).
@@ -25,8 +25,6 @@ import orjson
 from proxy.config import ModelConfig
 
 KEY_VERSION = "v1"
-# Kinds of cached answers: chat completions, legacy completions, Responses API responses.
-ANSWER_KINDS = ("chat", "cmpl", "resp")
 
 # Fields that change delivery, accounting or logging, never the generated answer.
 IGNORED_FIELDS = frozenset(
@@ -126,6 +124,11 @@ def sibling_key(key: str, kind: str) -> str:
     """The key of another kind with the same namespace and digest (`...:chat:{d}` -> `...:req:{d}`)."""
     head, _, tail = key.rsplit(":", 2)
     return f"{head}:{kind}:{tail}"
+
+
+def digest_in(key_or_digest: str) -> str:
+    """The digest a client names: an `X-Cache-Key` as sent, or the whole key it is part of."""
+    return key_or_digest.rsplit(":", 1)[-1].strip("{}").lower()
 
 
 def _normalize_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -71,9 +71,13 @@ class BucketPlanner:
         self._plans: OrderedDict[tuple[str, str, str | None], tuple[Bucket, ...]] = OrderedDict()
 
     def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> tuple[Bucket, ...]:
-        if tenant.limits is None:
+        limits = tenant.limits
+        if limits is None:
             return ()
-        key = (tenant.name, model, end_user)
+        # Keyed by the end user's short hash, and only where per-user limits apply: the
+        # raw id comes from the client (a `user` field may be megabytes) and must not be kept.
+        uid = end_user_id(end_user) if limits.per_user and end_user else None
+        key = (tenant.name, model, uid)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)

@@ -14,9 +14,6 @@ from typing import Any
 import orjson
 
 from proxy.core.schemas import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, EmbeddingItem, RequestTable
-from proxy.core.schemas.kinds import int_in as int_in
-from proxy.core.schemas.kinds import number_in as number_in
-from proxy.core.schemas.shapes import MAX_MESSAGES as MAX_MESSAGES
 from proxy.errors import InvalidRequest, MalformedJSON
 
 

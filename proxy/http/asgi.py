@@ -15,11 +15,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from proxy.core.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.core.apis.base import Adapter
-from proxy.core.apis.chat import ChatAdapter
-from proxy.core.apis.completions import CompletionsAdapter
-from proxy.core.apis.embeddings import EmbeddingsAdapter
-from proxy.core.apis.responses import ResponsesAdapter
 from proxy.core.cache_controls import RequestMeta
 from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
 from proxy.http.access_log import log_request
@@ -32,10 +29,10 @@ from proxy.stats.schema import RequestRecord, classify
 
 # The cached endpoints, each with the adapter that says what is particular to it.
 ROUTES: dict[str, Adapter] = {
-    "/v1/chat/completions": ChatAdapter(),
-    "/v1/completions": CompletionsAdapter(),
-    "/v1/responses": ResponsesAdapter(),
-    "/v1/embeddings": EmbeddingsAdapter(),
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/responses": RESPONSES,
+    "/v1/embeddings": EMBEDDINGS,
 }
 _WANTED = {
     b"authorization",
@@ -51,7 +48,7 @@ Scope = dict[str, Any]
 
 
 class FastPath:
-    """The outermost ASGI app: chat completions here, everything else to `inner`."""
+    """The outermost ASGI app: the cached endpoints (`ROUTES`) here, everything else to `inner`."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner

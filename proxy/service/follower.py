@@ -14,7 +14,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.core.apis.base import GenerationAdapter
-from proxy.core.cache_controls import CacheStatus
 from proxy.errors import StoreUnavailable, UpstreamError
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.service.stages import Recheck, Stages
@@ -50,8 +49,7 @@ class Follower:
         except (StoreUnavailable, StopAsyncIteration):
             await chunks.aclose()
             return None
-        req.status = CacheStatus.HIT
-        req.record.cache = CacheStatus.HIT.value
+        req.served_hit(0, 0, None)  # the leader's usage chunk fills the tokens in
         req.served_coalesced()
         return Reply(stream=self._relay(api, req, first, chunks), media_type=SSE)
 

@@ -19,7 +19,6 @@ from proxy.core.apis.embeddings import (
     pack_vector,
     unpack_vector,
 )
-from proxy.core.cache_controls import CacheStatus
 from proxy.core.keys import cache_key
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
@@ -47,7 +46,7 @@ class ItemFlow:
         if req.controls.lookup:
             try:
                 saved = self._fill(found, range(len(keys)), await stages.cache.get_items(keys))
-                req.status = CacheStatus.MISS
+                req.looked_up()
             except StoreUnavailable:
                 req.record.redis_error = True
         missing = [i for i, v in enumerate(found) if v is None]
@@ -80,9 +79,7 @@ class ItemFlow:
             await stages.finish_flight(req, False)
             raise
         await stages.finish_flight(req, stored)
-        if req.status == CacheStatus.MISS and len(missing) < len(keys):
-            req.status = CacheStatus.PARTIAL
-        req.answered_upstream()
+        req.answered_upstream(partial=len(missing) < len(keys))
         req.record.saved_tokens, req.record.prompt_tokens = saved, used
         return Reply(api.answer(model.name, [v for v in found if v is not None], parsed.base64, used))
 

@@ -15,7 +15,6 @@ import orjson
 
 from proxy.core.apis.base import Adapter, GenerationAdapter
 from proxy.core.apis.embeddings import EmbeddingsAdapter
-from proxy.core.cache_controls import CacheStatus
 from proxy.core.keys import cache_key
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
@@ -51,7 +50,7 @@ class Pipeline:
         if req.controls.lookup:
             try:
                 entry = await stages.cache.get(req.key)
-                req.status = CacheStatus.MISS
+                req.looked_up()
             except StoreUnavailable:
                 entry = None
                 req.record.redis_error = True

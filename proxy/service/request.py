@@ -3,14 +3,14 @@
 `ProxyRequest` is the one place a request's state lives while it is served: who asked
 (tenant, end user, cache headers), what it resolved to (adapter, model, body, digest,
 key, cache controls), what the pipeline decided (cache status, age, coalesced, the rate
-limit it passed) and the stats record. The pipeline sets the cache status through the
-methods below, and only there; the HTTP layer reads the object to build the response
-headers (`proxy.http.headers`) and never the other way round.
+limit it passed) and the stats record. The cache status changes only through the methods
+below, which keep the response's status and the counted one in step; the HTTP layer
+reads the object to build the response headers (`proxy.http.headers`), never the other
+way round.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,11 +68,15 @@ class ProxyRequest:
         user = self.meta.end_user or self.body.get("user")
         return user if isinstance(user, str) else None
 
-    def served_hit(self, prompt_tokens: int, completion_tokens: int, stored_at_ms: int | None) -> None:
+    def looked_up(self) -> None:
+        """The cache was asked (and had no whole answer): a MISS unless it is served later.
+        Left BYPASS when the lookup was skipped or Redis failed."""
+        self.status = CacheStatus.MISS
+
+    def served_hit(self, prompt_tokens: int, completion_tokens: int, age_seconds: int | None) -> None:
         """Answered from the cache (or, coalesced, from another request's upstream call)."""
         self.status = CacheStatus.HIT
-        if stored_at_ms is not None:
-            self.age_seconds = max(0, (int(time.time() * 1000) - stored_at_ms) // 1000)
+        self.age_seconds = age_seconds
         self.record.cache = CacheStatus.HIT.value
         self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
 
@@ -80,9 +84,12 @@ class ProxyRequest:
         self.coalesced = True
         self.record.coalesced = True
 
-    def answered_upstream(self) -> None:
-        """The provider answered: the request counts as the miss (or bypass) it reported;
-        a partial hit counts as a miss (its cached items count as tokens saved)."""
+    def answered_upstream(self, partial: bool = False) -> None:
+        """The provider answered: the request counts as the miss (or bypass) it reported.
+        `partial` (some items were cached) shows as PARTIAL and counts as a miss; the
+        cached items count as tokens saved."""
+        if partial and self.status == CacheStatus.MISS:
+            self.status = CacheStatus.PARTIAL
         counted = CacheStatus.MISS if self.status == CacheStatus.PARTIAL else self.status
         self.record.cache = counted.value
 

@@ -20,7 +20,7 @@ from proxy.service.stages import Stages
 from proxy.stats.recorder import StatsRecorder
 from proxy.stats.report import StatsReport
 from proxy.store.cache import CacheStore
-from proxy.store.connection import RedisClient, RedisGate, blocking_client, connect
+from proxy.store.connection import RedisGate, blocking_client, connect
 from proxy.store.flight import SingleFlight
 from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.store.ratelimit import RateLimiter
@@ -34,8 +34,7 @@ log = logging.getLogger("llmcp")
 @dataclass
 class Runtime:
     config: Config
-    redis: RedisClient
-    gate: RedisGate
+    gate: RedisGate  # the Redis client, behind its breaker
     upstreams: Upstreams
     flight: SingleFlight
     pipeline: Pipeline  # every cached endpoint
@@ -56,8 +55,9 @@ class Runtime:
         upstreams: Upstreams | None = None,
         config_path: str | None = None,
     ) -> Runtime:
-        client = connect(redis_url, config.redis)
-        gate = RedisGate(client, config.redis.retry_after_ms, config.redis.breaker_failures)
+        gate = RedisGate(
+            connect(redis_url, config.redis), config.redis.retry_after_ms, config.redis.breaker_failures
+        )
         l1 = None
         if config.cache.l1.enabled:
             l1 = L1Cache(config.cache.l1.max_bytes, config.cache.l1.max_age_ms)
@@ -72,11 +72,10 @@ class Runtime:
         subscriber = None
         if l1 is not None:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
-            subscriber = L1Subscriber(l1, blocking_client(client, None, 2), config.redis.key_prefix)
+            subscriber = L1Subscriber(l1, blocking_client(gate.client, None, 2), config.redis.key_prefix)
         stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
         return cls(
             config,
-            client,
             gate,
             upstreams,
             flight,
@@ -163,4 +162,4 @@ class Runtime:
         if self.l1 is not None:
             await self.l1.stop()
         await self.upstreams.aclose()
-        await self.redis.aclose()
+        await self.gate.aclose()

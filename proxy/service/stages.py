@@ -85,13 +85,19 @@ class Stages:
         follower's side (`proxy.service.follower`)."""
         try:
             flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream)
-            if not flight.leader:
-                return await follow(req, flight, recheck)
-            req.flight = flight
+        except StoreUnavailable:
+            return None
+        if not flight.leader:
+            return await follow(req, flight, recheck)
+        req.flight = flight
+        try:
             # A leader that just finished may have stored the answer since our lookup.
             reply = await recheck()
         except StoreUnavailable:
             return None
+        except BaseException:  # cancelled, say: never leave the lock to its heartbeat
+            await self.finish_flight(req, False)
+            raise
         if reply is not None:
             await self.finish_flight(req, True)
         return reply
@@ -120,7 +126,7 @@ class Stages:
 
     def hit_reply(self, api: GenerationAdapter, req: ProxyRequest, entry: Entry) -> Reply:
         """A cached answer as this request wants it (JSON, or replayed as SSE)."""
-        req.served_hit(entry.prompt_tokens, entry.completion_tokens, entry.stored_at_ms)
+        req.served_hit(entry.prompt_tokens, entry.completion_tokens, entry.age_seconds())
         if not req.stream:
             return Reply(entry.body)
         return Reply(api.replay(orjson.loads(entry.body), req.include_usage), media_type=SSE)

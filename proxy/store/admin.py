@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from proxy.core.keys import ANSWER_KINDS, KEY_VERSION, cache_key, sibling_key
-from proxy.store.cache import HEADER_MAX, decode_entry, decode_meta
+from proxy.core.apis import ANSWER_KINDS, ITEM_KINDS
+from proxy.core.keys import KEY_VERSION, cache_key, sibling_key
+from proxy.store.cache import HEADER_MAX, REQUEST_KIND, decode_entry, decode_meta
 from proxy.store.connection import RedisGate, is_cluster
 from proxy.store.l1 import l1_channel
 
@@ -33,18 +34,20 @@ async def purge(
     removed = scanned = 0
     for namespace in namespaces:
         # The requests kept beside answers go with them; embeddings record no model.
-        kinds = list(ANSWER_KINDS) if model is not None else [*ANSWER_KINDS, "req", "emb"]
+        kinds = list(ANSWER_KINDS) if model is not None else [*ANSWER_KINDS, REQUEST_KIND, *ITEM_KINDS]
         for kind in kinds:
             async for keys in _key_pages(gate, cache_pattern(prefix, namespace, kind)):
                 scanned += len(keys)
                 if model is not None and keys:
                     keys = await _of_model(gate, keys, model)
-                    beside = [sibling_key(k.decode(), "req").encode() for k in keys]
+                    beside = [sibling_key(k.decode(), REQUEST_KIND).encode() for k in keys]
                     if beside:
                         await _unlink(gate, beside)
                 if keys:
                     unlinked = await _unlink(gate, keys)
-                    removed += unlinked if kind != "req" else 0  # answers are counted, not their requests
+                    removed += (
+                        unlinked if kind != REQUEST_KIND else 0
+                    )  # answers are counted, not their requests
                 if progress is not None:
                     progress(scanned, removed)
         # Every replica's L1 drops this namespace's answers too (of every kind).

@@ -30,6 +30,7 @@ HEADER_MAX = _HEADER.size + 255
 _MAGIC = 1
 _ZLIB = 1
 _U32 = 0xFFFFFFFF
+REQUEST_KIND = "req"  # `...:req:{<digest>}`: the request kept beside an answer, for reviewers
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,7 @@ class CacheStore:
         # The pin check, SET, the request beside it and the L1 announcement (lua/store.lua).
         keys, args = [key, sibling_key(key, "rv:item")], [value, ttl_seconds, self._l1_channel]
         if request is not None:
-            keys.append(sibling_key(key, "req"))
+            keys.append(sibling_key(key, REQUEST_KIND))
             args.append(pack_blob(request, self._compress_min))
         done = await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
         return "stored" if done == 1 else "pinned"

@@ -31,7 +31,6 @@ from proxy.errors import StoreUnavailable
 
 log = logging.getLogger("llmcp.redis")
 T = TypeVar("T")
-RedisClient = aioredis.Redis  # what `connect` returns; layers above name it without importing redis
 
 # RedisClusterException: the cluster client's own failures (no reachable node, slots
 # not covered); it is not a RedisError.
@@ -253,6 +252,10 @@ class RedisGate:
                 self._retry_after,
             )
         self._down_until = now + self._retry_after
+
+    async def aclose(self) -> None:
+        """Close the client and its pool (shutdown)."""
+        await self.client.aclose()
 
     async def ping(self) -> bool:
         """Readiness: reach Redis now, ignoring the breaker (it is a probe too)."""

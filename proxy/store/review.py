@@ -25,15 +25,14 @@ from typing import Any, Literal
 import orjson
 
 from proxy.config import Config
-from proxy.core.keys import ANSWER_KINDS as KINDS
+from proxy.core.apis import ANSWER_KINDS as KINDS
+from proxy.core.apis import API_OF_KIND
 from proxy.core.keys import KEY_VERSION, cache_key, sibling_key
-from proxy.store.cache import HEADER_MAX, decode_entry, decode_meta, unpack_blob
+from proxy.store.cache import HEADER_MAX, REQUEST_KIND, decode_entry, decode_meta, unpack_blob
 from proxy.store.connection import RedisGate, script
 from proxy.store.l1 import l1_channel
 
 Decision = Literal["approve", "reject", "pin"]
-# The cache key kind of an answer -> the API it answers, as items show it.
-_API_OF_KIND = {"chat": "chat.completions", "resp": "responses", "cmpl": "completions"}
 DECISIONS: tuple[str, ...] = ("approve", "reject", "pin")
 _UINT32 = 2**32
 
@@ -76,7 +75,7 @@ class ReviewQueue:
         entry = cache_key(self._prefix, namespace, kind, digest)
         return [
             entry,
-            sibling_key(entry, "req"),
+            sibling_key(entry, REQUEST_KIND),
             sibling_key(entry, "rv:item"),
             sibling_key(entry, "rv:answer"),
             sibling_key(entry, "rv:request"),
@@ -224,7 +223,7 @@ def _describe(
         "tenant": namespace,
         "state": f.get("state", "pending"),
         "source": f.get("source", "flag"),
-        "api": _API_OF_KIND.get(f.get("kind", "chat")),
+        "api": API_OF_KIND.get(f.get("kind", "chat")),
         "flags": int(f.get("flags", 0)),
         "reason": f.get("reason"),
         "flagged_by": f.get("flagged_by"),

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from proxy.core.keys import ANSWER_KINDS, KEY_VERSION
+from proxy.core.apis import ANSWER_KINDS
+from proxy.core.keys import KEY_VERSION
 from proxy.store.admin import cache_pattern
 from proxy.store.connection import RedisGate
 

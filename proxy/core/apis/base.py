@@ -12,7 +12,7 @@ adapter supplies only the parts that differ, as pure functions of the request bo
     └── EmbeddingsAdapter          one cached vector per input item (embeddings.py)
 
 Nothing downstream compares API names: the upstream layer reads `endpoint` and the
-adapter's flags.
+adapter's flags, and the pipeline picks the per-item flow by the adapter's type.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ class Endpoint(Enum):
     """The OpenAI operation an adapter serves: its path under the provider's base URL, and
     the list a whole answer carries (an answer without it is not an answer)."""
 
-    CHAT = ("/chat/completions", "choices")
-    COMPLETIONS = ("/completions", "choices")
-    RESPONSES = ("/responses", "output")
-    EMBEDDINGS = ("/embeddings", "data")
+    CHAT = ("/chat/completions", "choices", "chat.completions")
+    COMPLETIONS = ("/completions", "choices", "completions")
+    RESPONSES = ("/responses", "output", "responses")
+    EMBEDDINGS = ("/embeddings", "data", "embeddings")
 
-    def __init__(self, path: str, answer_list: str) -> None:
+    def __init__(self, path: str, answer_list: str, label: str) -> None:
         self.path = path
         self.answer_list = answer_list
+        self.label = label  # how review items and logs name the API
 
 
 class Adapter(ABC):

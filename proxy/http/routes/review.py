@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from proxy.config import Config
+from proxy.core.keys import digest_in
 from proxy.core.validation import parse_json_object
 from proxy.errors import Conflict, InvalidRequest, PermissionDenied, RouteNotFound
 from proxy.http.auth import authenticate_tenant, bearer_token, is_admin
@@ -76,7 +77,7 @@ class Caller:
 
 def _digest(value: Any) -> str:
     """The X-Cache-Key digest (a whole cache key is accepted too)."""
-    text = value.rsplit(":", 1)[-1].strip("{}").lower() if isinstance(value, str) else ""
+    text = digest_in(value) if isinstance(value, str) else ""
     if not _DIGEST.fullmatch(text):
         raise InvalidRequest("'key' must be the X-Cache-Key of a cached answer (64 hex digits).", param="key")
     return text

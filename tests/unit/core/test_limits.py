@@ -73,6 +73,34 @@ def test_ten_thousand_end_users_leave_a_bounded_footprint() -> None:
     assert planner.plan(ACME, "m", "user-10999") is planner.plan(ACME, "m", "user-10999")
 
 
+def test_the_planner_never_keeps_the_clients_end_user_id() -> None:
+    """The id is the client's (`user` may be megabytes): plans are keyed by its hash, and
+    not at all where no per-user limits apply."""
+    unlimited_users = parse_config(
+        {
+            "models": [{"name": "m", "litellm_model": "demo/echo"}],
+            "tenants": [{"name": "t", "api_keys": ["sk-t-12345678"], "limits": {"requests_per_minute": 5}}],
+        },
+        {},
+    ).tenants[0]
+    planner = BucketPlanner("p", max_plans=64)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(50):
+            planner.plan(unlimited_users, "m", "x" * 1_000_000 + str(i))
+            planner.plan(ACME, "m", "y" * 1_000_000 + str(i))
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert len(planner) == 1 + 50  # one plan for all users of the tenant without per-user limits
+    assert grown < 500_000, grown  # the plans, not 100 MB of ids
+    user = "z" * 1_000_000
+    assert planner.plan(ACME, "m", user)[-1].key.endswith(f":u:{end_user_id(user)}:tokens")
+
+
 def test_durations_read_like_openai() -> None:
     assert [duration(ms) for ms in (-5, 20, 1000, 1500, 60_000, 360_000)] == [
         "0ms",
