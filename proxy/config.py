@@ -154,6 +154,11 @@ class ModelConfig(_Strict):
     # Call an OpenAI-compatible upstream directly instead of through litellm (much less CPU
     # per miss); needs litellm_model "openai/<name>" and api_base.
     passthrough: bool = False
+    # Which parameter defaults fold into "not sent" for the cache key: `openai` (OpenAI's,
+    # e.g. temperature 1), `none` (only the protocol's, e.g. n 1: the server picks its own
+    # sampling defaults, as vLLM and Ollama do), `auto` (openai for OpenAI's own API and
+    # Anthropic's, none for any other server). See docs/keyspace.md.
+    request_defaults: Literal["auto", "openai", "none"] = "auto"
 
     @model_validator(mode="after")
     def _passthrough_is_openai(self) -> ModelConfig:

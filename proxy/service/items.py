@@ -38,7 +38,7 @@ class ItemFlow:
         parsed = api.parse(req.body, model)
         prefix, namespace = stages.config.redis.key_prefix, stages.namespace(req)
         keys = [
-            cache_key(prefix, namespace, api.key_kind, api.item_digest(model, parsed.dimensions, item))
+            cache_key(prefix, namespace, api.key_kind, api.item_digest(model, parsed.keyed, item))
             for item in parsed.items
         ]
         found: list[bytes | None] = [None] * len(keys)
@@ -72,9 +72,16 @@ class ItemFlow:
                 return shared
             missing = [i for i, v in enumerate(found) if v is None]
             req.item_hits = (len(keys) - len(missing), len(keys))
+        # An input repeated in the batch goes upstream once (same key, same vector).
+        firsts: dict[str, int] = {}
+        for i in missing:
+            firsts.setdefault(keys[i], i)
+        todo = list(firsts.values())
         try:
-            await stages.limit(req, lambda: sum(parsed.tokens[i] for i in missing))
-            used, stored = await self._fetch(req, parsed, keys, missing, found)
+            await stages.limit(req, lambda: sum(parsed.tokens[i] for i in todo))
+            used, stored = await self._fetch(req, parsed, keys, todo, found)
+            for i in missing:
+                found[i] = found[firsts[keys[i]]]
         except BaseException:
             await stages.finish_flight(req, False)
             raise
@@ -114,7 +121,7 @@ class ItemFlow:
         missing: list[int],
         found: list[bytes | None],
     ) -> tuple[int, bool]:
-        """Embed the missing items upstream (in batches), store them, fill `found`;
+        """Embed the `missing` items upstream (in batches), store them, fill `found`;
         returns (tokens used, whether every item is now stored)."""
         stages = self._stages
         model, api = req.model, req.api
@@ -125,9 +132,7 @@ class ItemFlow:
         try:
             for start in range(0, len(missing), batch):
                 part = missing[start : start + batch]
-                vectors, tokens = await upstream.embed(
-                    model, [parsed.items[i] for i in part], parsed.dimensions
-                )
+                vectors, tokens = await upstream.embed(model, [parsed.items[i] for i in part], parsed.params)
                 used += tokens
                 now_ms = int(time.time() * 1000)
                 floats = [le_floats(v) for v in vectors]

@@ -97,6 +97,6 @@ class Pipeline:
         usage = api.usage_of(response)
         stages.limiter.settle(req.reservation, req.note_usage(usage))
         body = orjson.dumps(response)
-        stored = api.is_whole(req.body, response) and await stages.store(req, body, usage)
+        stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)
         await stages.finish_flight(req, stored)
         return Reply(body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,11 +132,33 @@ class Stages:
             return Reply(entry.body)
         return Reply(api.replay(orjson.loads(entry.body), req.include_usage), media_type=SSE)
 
-    async def store(self, req: ProxyRequest, body: bytes, usage: Usage | None) -> bool:
-        """Store a whole answer; True when it is now in the cache."""
+    async def store(
+        self,
+        req: ProxyRequest,
+        answer: dict[str, Any],
+        body: bytes,
+        usage: Usage | None,
+        doubt: str | None = None,
+    ) -> bool:
+        """Store a whole answer (`body` is `answer` as served); True when it is now in the
+        cache. Not stored, and counted as not cacheable, when `doubt` says why the proxy
+        cannot be sure to replay it exactly, or when it expires (`expires_at`) within
+        `margin` seconds. Otherwise the entry's TTL never outlives the answer."""
         if not req.controls.store:
             return False
-        assert req.api is not None and req.model is not None
+        assert isinstance(req.api, GenerationAdapter) and req.model is not None
+        margin = 5  # seconds: clock skew with the provider, and time for the client to use it
+        ttl = req.controls.ttl
+        expires = req.api.expires_at(answer)
+        if expires is not None and doubt is None:
+            left = expires - int(time.time()) - margin
+            if left <= 0:
+                doubt = f"it expires at {expires} (expires_at), in less than {margin}s"
+            ttl = min(ttl, left)
+        if doubt is not None:
+            log.info("answer served but not cached: %s", doubt)
+            req.record.not_cacheable = True
+            return False
         prompt, completion = usage or (0, 0)
         review = self.config.review
         try:
@@ -144,7 +167,7 @@ class Stages:
                 body,
                 prompt,
                 completion,
-                req.controls.ttl,
+                ttl,
                 req.model.name,
                 orjson.dumps(req.body) if review.keep_prompts else None,
             )

@@ -102,9 +102,11 @@ class StreamingMiss:
         stored = False
         answer = assembler.response()
         if assembler.complete and api.is_whole(req.body, answer):
-            # Some providers' streams carry no usage: the entry then holds the estimate.
-            counts = assembler.usage_counts() or self._estimated_usage(api, req, assembler)
-            stored = await self._stages.store(req, orjson.dumps(answer), counts)
+            # Served either way; stored only when the proxy is sure to replay it exactly
+            # (`unstorable`: an ambiguous merge, no usage in the stream).
+            doubt = api.unstorable(assembler)
+            body = orjson.dumps(answer)
+            stored = await self._stages.store(req, answer, body, assembler.usage_counts(), doubt)
         else:
             log.warning("stream ended without a whole answer (a choice missing or failed); not cached")
         await self._stages.finish_flight(req, stored)

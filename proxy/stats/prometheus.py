@@ -48,6 +48,11 @@ class _ReportCollector(Collector):
         upstream = CounterMetricFamily(
             "llmcp_upstream_errors", "Upstream provider failures.", labels=["tenant", "model"]
         )
+        not_cacheable = CounterMetricFamily(
+            "llmcp_not_cacheable",
+            "Answers served but not stored: the proxy could not be sure to replay them exactly.",
+            labels=["tenant", "model"],
+        )
         redis_err = CounterMetricFamily(
             "llmcp_redis_errors", "Requests that found Redis unavailable.", labels=["tenant"]
         )
@@ -77,6 +82,7 @@ class _ReportCollector(Collector):
             saved.add_metric([tenant, model, "completion"], c[schema.Metric.SAVED_COMPLETION])
             cost.add_metric([tenant, model], figures.cost_saved)
             upstream.add_metric([tenant, model], c.errors(ErrorKind.UPSTREAM))
+            not_cacheable.add_metric([tenant, model], c[schema.Metric.NOT_CACHEABLE])
             for limit in LimitKind:
                 key = (tenant, limit.value)
                 limited_totals[key] = limited_totals.get(key, 0) + c.limited(limit)
@@ -90,7 +96,7 @@ class _ReportCollector(Collector):
             redis_err.add_metric([tenant], n)
         for (tenant, kind), n in sorted(error_totals.items()):
             errors.add_metric([tenant, kind], n)
-        yield from (requests, saved, cost, limited, upstream, redis_err, errors, latency)
+        yield from (requests, saved, cost, limited, upstream, not_cacheable, redis_err, errors, latency)
         if self._footprint is not None:
             entries = GaugeMetricFamily("llmcp_cache_entries", "Cached answers in Redis.")
             entries.add_metric([], self._footprint["entries"])

@@ -86,6 +86,8 @@ class StatsRecorder:
             counts[(tenant, minute, model, Metric.SAVED_PROMPT)] += rec.saved_tokens
         if rec.coalesced:
             counts[(tenant, minute, model, Metric.COALESCED)] += 1
+        if rec.not_cacheable:
+            counts[(tenant, minute, model, Metric.NOT_CACHEABLE)] += 1
         if rec.limiter_error:
             counts[(tenant, minute, model, Metric.LIMITER_ERRORS)] += 1
         if self._events_max:

@@ -75,6 +75,7 @@ class Figures:
             "errors": {kind.value: c.errors(kind) for kind in ErrorKind},
             "rate_limited": {"requests": limited_r, "tokens": limited_t, "total": limited_r + limited_t},
             "limiter_errors": c[Metric.LIMITER_ERRORS],
+            "not_cacheable": c[Metric.NOT_CACHEABLE],
             "tokens_saved": {"prompt": saved_p, "completion": saved_c, "total": saved_p + saved_c},
             "upstream_tokens": {"prompt": paid_p, "completion": paid_c, "total": paid_p + paid_c},
             "cost_saved_usd": round(self.cost_saved, 10),

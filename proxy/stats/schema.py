@@ -6,7 +6,7 @@ contain `|`), see docs/keyspace.md:
 
     Metric           requests, hit, miss, bypass, err_<ErrorKind>, limited_<LimitKind>,
                      limiter_errors, saved_/upstream_<prompt|completion>, coalesced,
-                     events_skipped
+                     not_cacheable, events_skipped
     LatencyBucket    lat_<hit|miss|bypass>|<i>: answers that took at most
                      LATENCY_BOUNDS_MS[i] (and more than the bound before it)
     LatencySum       lat_<hit|miss|bypass>_sum_us: their total time, in microseconds
@@ -108,6 +108,9 @@ class Metric(StrEnum):
     UPSTREAM_PROMPT = "upstream_prompt"  # tokens paid for upstream
     UPSTREAM_COMPLETION = "upstream_completion"
     COALESCED = "coalesced"  # served from another request's upstream call (single flight)
+    # Served but not stored: the proxy could not be sure to replay the answer exactly (an
+    # ambiguous stream, a stream without usage) or it expires too soon (audio).
+    NOT_CACHEABLE = "not_cacheable"
     EVENTS_SKIPPED = "events_skipped"  # hit events not written to the stream (events_per_flush)
 
 
@@ -224,6 +227,7 @@ class RequestRecord:
     redis_error: bool = False
     limiter_error: bool = False
     coalesced: bool = False  # served from another request's upstream call (single flight)
+    not_cacheable: bool = False  # served, not stored: its answer could not be replayed exactly
     saved_tokens: int = 0  # prompt tokens served from cache on a partial hit (embeddings)
     prompt: str | None = None  # the request body, only with server.log_prompts (for the log line)
     started: float = dataclass_field(default_factory=time.perf_counter)

@@ -27,6 +27,7 @@ import orjson
 from proxy.config import Config
 from proxy.core.apis import ANSWER_KINDS as KINDS
 from proxy.core.apis import API_OF_KIND
+from proxy.core.apis.base import earliest_expires_at
 from proxy.core.keys import KEY_VERSION, cache_key, sibling_key
 from proxy.store.cache import HEADER_MAX, REQUEST_KIND, decode_entry, decode_meta, unpack_blob
 from proxy.store.connection import RedisGate, script
@@ -141,8 +142,16 @@ class ReviewQueue:
             self._config.cache.ttl_seconds * 1000,
             self._channel,
         ]
-        item = self._keys(namespace, digest)[2]
-        kind: Any = await self._gate.run(lambda r: r.hget(item, "kind"))
+        item, answer_key = self._keys(namespace, digest)[2:4]
+
+        async def read(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.hget(item, "kind")
+            pipe.get(answer_key) if decision != "reject" else pipe.exists(answer_key)
+            return list(await pipe.execute())
+
+        kind, answer = await self._gate.run(read)
+        argv.append(_expires_ms(answer) if decision != "reject" else 0)
         keys = self._keys(namespace, digest, kind.decode() if isinstance(kind, bytes) else "chat")
         outcome, state = await self._gate.run(lambda r: self._decide(keys, argv))
         result = Decided(outcome.decode(), state.decode())
@@ -204,6 +213,19 @@ class ReviewQueue:
                 else None
             )
         return out
+
+
+def _expires_ms(raw: Any) -> int:
+    """The earliest `expires_at` in a stored answer, in ms (0 for none): a put-back entry
+    must not outlive what the answer refers to (audio ids)."""
+    entry = decode_entry(raw) if isinstance(raw, bytes) else None
+    if entry is None:
+        return 0
+    try:
+        at = earliest_expires_at(orjson.loads(entry.body))
+    except orjson.JSONDecodeError:
+        return 0
+    return at * 1000 if at is not None else 0
 
 
 def _describe(

@@ -24,9 +24,10 @@ class Upstream(Protocol):
         ...
 
     async def embed(
-        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+        self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
-        """Vectors in input order, and the prompt tokens the provider counted."""
+        """Vectors in input order, and the prompt tokens the provider counted. `params`:
+        the request's other fields (`dimensions`, `user`, `input_type`, ...), forwarded."""
         ...
 
 
@@ -42,3 +43,11 @@ def vectors_in_order(response: dict[str, Any], expected: int) -> tuple[list[list
         raise UpstreamError("The upstream provider returned embeddings that are not float arrays.")
     usage = response.get("usage") or {}
     return vectors, int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+
+
+def with_usage(stream_options: Any) -> dict[str, Any]:
+    """The client's stream_options, asking for usage whatever the client asked (stored
+    answers carry usage; clients see the usage chunk only when they asked for it)."""
+    options = dict(stream_options) if isinstance(stream_options, dict) else {}
+    options["include_usage"] = True
+    return options

@@ -235,10 +235,10 @@ class DemoUpstream:
         return self._paced(stream_for(api.endpoint, model.name, body))
 
     async def embed(
-        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+        self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
         await asyncio.sleep(self._latency / 5)
-        response = embeddings(model.name, inputs, dimensions)
+        response = embeddings(model.name, inputs, params.get("dimensions"))
         return [d["embedding"] for d in response["data"]], response["usage"]["prompt_tokens"]
 
     async def _paced(self, items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -18,7 +18,7 @@ import orjson
 from proxy.config import ModelConfig
 from proxy.core.apis.base import Endpoint, GenerationAdapter
 from proxy.errors import UpstreamError
-from proxy.upstream.base import vectors_in_order
+from proxy.upstream.base import vectors_in_order, with_usage
 from proxy.upstream.errors import from_status, translate
 from proxy.upstream.transport import Headers, HttpTransport
 
@@ -50,7 +50,7 @@ class DirectUpstream:
         if stream:
             payload["stream"] = True
             if api.asks_stream_usage:
-                payload["stream_options"] = {"include_usage": True}  # stored answers carry usage
+                payload["stream_options"] = with_usage(body.get("stream_options"))
         return orjson.dumps(payload)
 
     async def _post(self, url: str, payload: bytes, headers: dict[str, str], timeout: float) -> Any:
@@ -86,15 +86,9 @@ class DirectUpstream:
         return _events(opened.lines)
 
     async def embed(
-        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+        self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
-        payload: dict[str, Any] = {
-            "model": upstream_model(model),
-            "input": inputs,
-            "encoding_format": "float",
-        }
-        if dimensions is not None:
-            payload["dimensions"] = dimensions
+        payload = {**params, "model": upstream_model(model), "input": inputs, "encoding_format": "float"}
         url, headers, timeout = self._where(model, Endpoint.EMBEDDINGS)
         data = await self._post(url, orjson.dumps(payload), headers, timeout)
         if not isinstance(data, dict):

@@ -18,7 +18,7 @@ from typing import Any
 from proxy.config import ModelConfig
 from proxy.core.apis.base import Endpoint, GenerationAdapter
 from proxy.errors import UpstreamError
-from proxy.upstream.base import vectors_in_order
+from proxy.upstream.base import vectors_in_order, with_usage
 from proxy.upstream.errors import translate
 
 # OpenAI chat-completion parameters litellm knows how to map for every provider.
@@ -119,6 +119,8 @@ def preload() -> None:
     _litellm()
 
 
+# Embedding parameters litellm maps (litellm.aembedding); any other field goes in extra_body.
+EMBEDDING_PARAMS = frozenset({"dimensions", "user"})
 # Per operation: the litellm function, and the parameters passed to it as arguments (the
 # ones litellm maps for every provider); any other field goes in `extra_body`.
 _CALLS: dict[Endpoint, tuple[str, frozenset[str]]] = {
@@ -164,7 +166,7 @@ class LiteLLMUpstream:
             response = await call(**self._arguments(model, body, api))
         except Exception as exc:
             raise translate(exc) from exc
-        return clean(_plain(response))
+        return provider_ids(clean(_plain(response)))
 
     async def stream(
         self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter
@@ -173,7 +175,7 @@ class LiteLLMUpstream:
         args = self._arguments(model, body, api)
         args["stream"] = True
         if api.asks_stream_usage:
-            args["stream_options"] = {"include_usage": True}
+            args["stream_options"] = with_usage(body.get("stream_options"))
         try:
             wrapper = await call(**args)
         except Exception as exc:
@@ -181,17 +183,20 @@ class LiteLLMUpstream:
         return self._chunks(wrapper)
 
     async def embed(
-        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+        self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
         litellm = _litellm()
-        args: dict[str, Any] = {
-            "model": model.litellm_model,
-            "input": inputs,
-            "num_retries": 0,
-            "timeout": model.timeout_seconds or self._timeout,
-        }
-        if dimensions is not None:
-            args["dimensions"] = dimensions
+        args: dict[str, Any] = {k: v for k, v in params.items() if k in EMBEDDING_PARAMS}
+        extra = {k: v for k, v in params.items() if k not in EMBEDDING_PARAMS}
+        if extra:
+            args["extra_body"] = extra
+        args.update(
+            model=model.litellm_model,
+            input=inputs,
+            num_retries=0,
+            timeout=model.timeout_seconds or self._timeout,
+            encoding_format="float",  # stored as float32 and served as either
+        )
         if model.api_base:
             args["api_base"] = model.api_base
         if model.api_key:
@@ -207,7 +212,7 @@ class LiteLLMUpstream:
         first = True
         try:
             async for chunk in wrapper:
-                plain = clean(_plain(chunk))
+                plain = provider_ids(clean(_plain(chunk)))
                 if first and _finished_empty(plain):
                     # litellm turns a body that is not an event stream at all into an empty
                     # answer that "stopped"; no real stream finishes before saying anything.
@@ -229,6 +234,21 @@ def _finished_empty(chunk: dict[str, Any]) -> bool:
 def _plain(model: Any) -> dict[str, Any]:
     """A litellm object as plain JSON types (its Responses API events carry enum members)."""
     return model.model_dump(mode="json", exclude_none=True)
+
+
+def provider_ids(obj: dict[str, Any]) -> dict[str, Any]:
+    """The provider's own Responses API ids where litellm encoded them (`resp_<base64 of
+    litellm:...;response_id:resp_...>`), so clients can use them against the provider too;
+    in a response and in the response an event carries."""
+    for part in (obj, obj.get("response")):
+        ident = part.get("id") if isinstance(part, dict) else None
+        if isinstance(ident, str) and ident.startswith("resp_") and len(ident) > 40:
+            from litellm.responses.utils import ResponsesAPIRequestUtils
+
+            if ResponsesAPIRequestUtils._is_litellm_encoded_response_id(ident):
+                decoded = ResponsesAPIRequestUtils._decode_responses_api_response_id(ident)
+                part["id"] = decoded.get("response_id") or ident  # type: ignore[index]
+    return obj
 
 
 def clean(obj: dict[str, Any]) -> dict[str, Any]:

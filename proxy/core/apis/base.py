@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Protocol
 
 from proxy.config import ModelConfig
 from proxy.core.apis.sse import DONE, event
+from proxy.core.fields import Defaults, Fields, bypass_reason, own_fields
+from proxy.core.keys import request_digest
 from proxy.core.tokens import count_text, encoding, encoding_name
 from proxy.errors import ProxyError
 
@@ -49,8 +51,10 @@ class Adapter(ABC):
 
     endpoint: ClassVar[Endpoint]
     key_kind: ClassVar[str]  # the cache key's kind segment (`...:<tenant>:<kind>:{digest}`)
-    # Fields of the client's body the proxy handles itself and never forwards upstream.
-    own_fields: ClassVar[frozenset[str]] = frozenset({"model", "stream", "stream_options"})
+    # What the cache does with each request field (`proxy.core.fields`): KEY, IGNORE, OWN,
+    # and the values that bypass the cache; and which defaults fold for the key.
+    fields: ClassVar[Fields]
+    defaults: ClassVar[Defaults]
     # Legacy completions: OpenAI-compatible servers are called directly even without
     # `passthrough` (litellm's text-completion stream hides a cut-off stream).
     direct_for_openai_models: ClassVar[bool] = False
@@ -59,9 +63,14 @@ class Adapter(ABC):
     def check(self, body: dict[str, Any]) -> None:
         """Raise InvalidRequest (with `param`) unless the body is a plausible request."""
 
+    @property
+    def own_fields(self) -> frozenset[str]:
+        """Fields of the client's body the proxy handles itself and never forwards."""
+        return own_fields(self.fields)
+
     def uncacheable(self, body: dict[str, Any]) -> bool:
-        """Requests that must always reach the provider (passed through, never stored)."""
-        return False
+        """Requests that need the provider's server-side state: forwarded, never cached."""
+        return bypass_reason(self.fields, body) is not None
 
 
 class Assembler(Protocol):
@@ -99,9 +108,9 @@ class GenerationAdapter(Adapter):
     # answers carry it; the Responses API reports it in its final event anyway.
     asks_stream_usage: ClassVar[bool] = True
 
-    @abstractmethod
     def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
         """sha256 hex of what determines the answer (the cache key's digest, `X-Cache-Key`)."""
+        return request_digest(body, model, self.key_kind, self.fields, self.defaults)
 
     @abstractmethod
     def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
@@ -128,6 +137,21 @@ class GenerationAdapter(Adapter):
 
     @abstractmethod
     def assembler(self) -> Assembler: ...
+
+    def unstorable(self, assembler: Assembler) -> str | None:
+        """Why the answer of a stream that ended cleanly is served but not stored (None:
+        it may be stored). The proxy asks upstream for usage in streams
+        (`asks_stream_usage`): one that still carried none cannot give back the non-stream
+        answer, which always has usage. Adapters add the doubts of their assembly."""
+        if self.asks_stream_usage and assembler.usage_counts() is None:
+            return "the stream carried no usage"
+        return None
+
+    def expires_at(self, answer: dict[str, Any]) -> int | None:
+        """The earliest `expires_at` (unix seconds) anywhere in an answer, e.g. chat
+        audio's `message.audio.expires_at`: past it the answer refers to something the
+        provider no longer has, so a cache entry must not outlive it."""
+        return earliest_expires_at(answer)
 
     def chunk_usage(self, chunk: dict[str, Any]) -> Usage | None:
         return usage_counts(chunk.get("usage"))
@@ -166,3 +190,20 @@ def usage_counts(usage: Any) -> Usage | None:
 
 def text_tokens(text: str, model: ModelConfig) -> int:
     return count_text(text, encoding(encoding_name(model)))
+
+
+def earliest_expires_at(answer: Any) -> int | None:
+    """The earliest `expires_at` (unix seconds) at any depth of an answer, or None. Shared
+    by the store path and the review queue's put-backs, so neither outlives it."""
+    earliest: int | None = None
+    pending: list[Any] = [answer]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            at = value.get("expires_at")
+            if isinstance(at, (int, float)) and not isinstance(at, bool):
+                earliest = int(at) if earliest is None else min(earliest, int(at))
+            pending.extend(v for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            pending.extend(v for v in value if isinstance(v, (dict, list)))
+    return earliest

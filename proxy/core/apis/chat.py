@@ -1,38 +1,37 @@
 """Chat completions (`POST /v1/chat/completions`): `messages` in, `chat.completion` out.
 
-`StreamAssembler` folds `chat.completion.chunk` objects into the `chat.completion` a
-non-stream call would have returned (content, reasoning, refusal, tool-call deltas by
-index, logprobs, finish reasons, usage), so one stored entry serves both kinds of
-request. `replay_chunks` turns a stored answer back into chunks the openai SDK parses.
+One stored answer serves stream and non-stream requests alike, so both directions are
+generic, never a list of known fields:
+
+- `ChatAssembler` folds `chat.completion.chunk`s into the `chat.completion` a non-stream
+  call returns by merging the deltas by their shape (`DeltaMerge`): audio, annotations,
+  reasoning, tool calls, logprobs and fields the proxy has never heard of come through
+  alike. Where the fold is ambiguous (`DeltaMerge.doubt`) the answer is served but not
+  stored.
+- `replay_chunks` turns a stored answer back into the chunks a live stream sends: every
+  non-null message field in the opening delta, every top-level field on every chunk.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from proxy.config import ModelConfig
-from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, usage_counts
-from proxy.core.keys import chat_digest
+from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter
+from proxy.core.apis.merge import BASE64, IDENTITY, NOT_HEAD, DeltaAssembler
+from proxy.core.fields import CHAT, CHAT_DEFAULTS
 from proxy.core.tokens import completion_allowance, prompt_tokens
 from proxy.core.validation import check_chat
-
-_TEXT_FIELDS = ("content", "reasoning_content", "refusal")
 
 
 class ChatAdapter(GenerationAdapter):
     endpoint = Endpoint.CHAT
     key_kind = "chat"
-    # `store` and `metadata` would ask OpenAI to keep a copy of a completion the proxy may
-    # serve from cache; they are not forwarded.
-    own_fields: ClassVar[frozenset[str]] = frozenset(
-        {"model", "stream", "stream_options", "metadata", "store"}
-    )
+    fields = CHAT
+    defaults = CHAT_DEFAULTS
 
     def check(self, body: dict[str, Any]) -> None:
         check_chat(body)
-
-    def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return chat_digest(body, model)
 
     def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
         return prompt_tokens(body, model)
@@ -50,134 +49,104 @@ class ChatAdapter(GenerationAdapter):
     def assembler(self) -> Assembler:
         return ChatAssembler()
 
+    def unstorable(self, assembler: Assembler) -> str | None:
+        doubt = assembler.doubt if isinstance(assembler, DeltaAssembler) else None
+        return doubt or super().unstorable(assembler)
+
     def replay_chunks(self, answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
         return replay_chunks(answer, include_usage)
 
 
-class StreamAssembler:
-    """Collects chunks; `complete` says whether the stream ended cleanly."""
+class ChatAssembler(DeltaAssembler):
+    """`chat.completion.chunk`s -> the `chat.completion` a non-stream call returns: each
+    choice's deltas merged into its `message` (`content` and `refusal` null when none,
+    `role` assistant unless said), `logprobs` null when none, tool calls without the
+    `index` only streams carry."""
 
-    def __init__(self) -> None:
-        self._head: dict[str, Any] = {}
-        self._choices: dict[int, dict[str, Any]] = {}
-        self.usage: dict[str, Any] | None = None
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        if not self._head:
-            self._head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
-        if chunk.get("system_fingerprint"):
-            self._head["system_fingerprint"] = chunk["system_fingerprint"]
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            self._add_choice(choice)
-
-    def _add_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index", 0)
-        acc = self._choices.setdefault(
-            index, {"index": index, "message": {"role": "assistant"}, "finish_reason": None}
-        )
-        message = acc["message"]
-        delta = choice.get("delta") or {}
-        if delta.get("role"):
-            message["role"] = delta["role"]
-        for field in _TEXT_FIELDS:
-            if delta.get(field):
-                message[field] = message.get(field, "") + delta[field]
-        for call in delta.get("tool_calls") or ():
-            self._add_tool_call(message, call)
-        if delta.get("function_call"):
-            fc = message.setdefault("function_call", {"name": "", "arguments": ""})
-            fc["name"] += delta["function_call"].get("name") or ""
-            fc["arguments"] += delta["function_call"].get("arguments") or ""
-        logprobs = choice.get("logprobs")
-        if logprobs:
-            acc_lp = acc.setdefault("logprobs", {})
-            for part in ("content", "refusal"):
-                if logprobs.get(part):
-                    acc_lp.setdefault(part, []).extend(logprobs[part])
-        if choice.get("finish_reason"):
-            acc["finish_reason"] = choice["finish_reason"]
-
-    @staticmethod
-    def _add_tool_call(message: dict[str, Any], call: dict[str, Any]) -> None:
-        calls: list[dict[str, Any]] = message.setdefault("tool_calls", [])
-        index = call.get("index", len(calls))
-        while len(calls) <= index:
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        slot = calls[index]
-        if call.get("id"):
-            slot["id"] = call["id"]
-        if call.get("type"):
-            slot["type"] = call["type"]
-        fn = call.get("function") or {}
-        slot["function"]["name"] += fn.get("name") or ""
-        slot["function"]["arguments"] += fn.get("arguments") or ""
+    delta = ("delta", "message")
 
     @property
-    def ended(self) -> bool:
-        """A chat stream ends properly when every choice finished (nothing else marks it)."""
-        return self.complete
-
-    @property
-    def complete(self) -> bool:
-        """Every choice got a finish_reason: the stream was not cut off."""
-        return bool(self._choices) and all(c["finish_reason"] for c in self._choices.values())
+    def doubt(self) -> str | None:
+        """An ambiguous merge, or a finished message that says nothing at all: a non-stream
+        answer always says something (content, a refusal, a tool call, audio); an empty
+        one from a stream means a translation lost it (litellm's stream forwards only the
+        delta fields it knows: a refusal streamed on its own never reaches the client)."""
+        if self._merge.doubt is not None:
+            return self._merge.doubt
+        choices = self._joined()
+        for index in sorted(choices):
+            message = choices[index].get("message") or {}
+            if not any(v not in (None, "", [], {}) for k, v in message.items() if k != "role"):
+                return f"choices[{index}].message is empty"
+        return None
 
     def response(self) -> dict[str, Any]:
         choices = []
-        for index in sorted(self._choices):
-            choice = self._choices[index]
-            choice["message"].setdefault("content", None)
-            choices.append(choice)
-        out: dict[str, Any] = {**self._head, "object": "chat.completion", "choices": choices}
-        if self.usage is not None:
-            out["usage"] = self.usage
-        return out
-
-
-class ChatAssembler(StreamAssembler):
-    def usage_counts(self) -> Usage | None:
-        return usage_counts(self.usage)
+        joined_choices = self._joined()
+        for index in sorted(joined_choices):
+            acc = joined_choices[index]
+            message = {"role": "assistant", "content": None, "refusal": None, **acc.get("message", {})}
+            if isinstance(message.get("tool_calls"), list):
+                message["tool_calls"] = [_without_index(call) for call in message["tool_calls"]]
+            rest = {k: v for k, v in acc.items() if k != "message"}
+            choices.append(
+                {"index": index, "message": message, "logprobs": None, "finish_reason": None, **rest}
+            )
+        return self._answer("chat.completion", choices)
 
     def text(self) -> str:
-        return "".join(
-            str(c["message"].get(f) or "")
-            for c in self.response()["choices"]
-            for f in ("content", "reasoning_content")
-        )
+        """Generated text so far: every string of the messages but ids and base64 data."""
+        return "".join(_strings(c.get("message")) for c in self._joined().values())
 
 
-def replay_chunks(response: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
-    """A stored `chat.completion` as the chunks a live stream would have sent."""
-    head = {
-        "id": response.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": response.get("created", 0),
-        "model": response.get("model", ""),
-    }
-    if response.get("system_fingerprint"):
-        head["system_fingerprint"] = response["system_fingerprint"]
+def _without_index(call: Any) -> Any:
+    return {k: v for k, v in call.items() if k != "index"} if isinstance(call, dict) else call
+
+
+def _strings(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "".join(_strings(v) for k, v in value.items() if k not in IDENTITY and k not in BASE64)
+    if isinstance(value, list):
+        return "".join(_strings(v) for v in value)
+    return ""
+
+
+def replay_chunks(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """A stored `chat.completion` as the chunks a live stream would have sent: per choice an
+    opening chunk whose delta carries every non-null message field (tool calls with their
+    `index`) and the choice's `logprobs`, then a finish chunk with the other choice-level
+    fields (`finish_reason`, unknown ones); every chunk carries the answer's top-level
+    fields; the usage chunk only when the client asked for it."""
+    head = stream_head(answer, "chat.completion.chunk")
     first: list[dict[str, Any]] = []
     last: list[dict[str, Any]] = []
-    for choice in response.get("choices") or ():
+    for choice in answer.get("choices") or ():
+        index = choice.get("index", 0)
         message = choice.get("message") or {}
-        delta: dict[str, Any] = {"role": message.get("role", "assistant")}
-        for field in _TEXT_FIELDS:
-            if message.get(field) is not None:
-                delta[field] = message[field]
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        if message.get("function_call"):
-            delta["function_call"] = message["function_call"]
-        opening: dict[str, Any] = {"index": choice.get("index", 0), "delta": delta, "finish_reason": None}
-        if choice.get("logprobs"):
-            opening["logprobs"] = choice["logprobs"]
-        first.append(opening)
-        last.append(
-            {"index": choice.get("index", 0), "delta": {}, "finish_reason": choice.get("finish_reason")}
+        delta = {"role": "assistant", **{k: v for k, v in message.items() if v is not None}}
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [
+                {**call, "index": i} if isinstance(call, dict) else call
+                for i, call in enumerate(delta["tool_calls"])
+            ]
+        rest = {k: v for k, v in choice.items() if k not in ("index", "message", "logprobs")}
+        first.append(
+            {"index": index, "delta": delta, "logprobs": choice.get("logprobs"), "finish_reason": None}
         )
+        last.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": None, **rest})
     chunks = [{**head, "choices": first}, {**head, "choices": last}]
-    if include_usage and response.get("usage"):
-        chunks.append({**head, "choices": [], "usage": response["usage"]})
+    if include_usage and answer.get("usage"):
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
     return chunks
+
+
+def stream_head(answer: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The fields every replayed chunk carries: the answer's top-level ones but its list of
+    choices and its usage (`id`, `created`, `model`, `system_fingerprint`, `service_tier`,
+    unknown ones), as a chunk of `kind`."""
+    head = {"id": "", "created": 0, "model": ""}
+    head.update((k, v) for k, v in answer.items() if k not in NOT_HEAD)
+    head["object"] = kind
+    return head

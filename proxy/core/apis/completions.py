@@ -3,7 +3,8 @@
 Keyed like chat: every field that changes the text is in the key (`prompt` as a string,
 a list of strings or token arrays, `echo`, `suffix`, `logprobs`, `best_of`, ...), API
 defaults are dropped (`max_tokens` defaults to 16 here). Streams are folded per choice
-index into one `text_completion`, and replayed as one chunk per choice.
+index into one `text_completion` by the same generic merge as chat (`DeltaMerge`), and
+replayed as one chunk per choice.
 """
 
 from __future__ import annotations
@@ -11,26 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import ModelConfig
-from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, text_tokens, usage_counts
-from proxy.core.apis.chat import StreamAssembler
-from proxy.core.keys import params_digest
+from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, text_tokens
+from proxy.core.apis.chat import stream_head
+from proxy.core.apis.merge import DeltaAssembler
+from proxy.core.fields import COMPLETIONS, COMPLETIONS_DEFAULTS
 from proxy.core.validation import check_completions
 
-DEFAULT_MAX_TOKENS = 16  # the API's own default for this endpoint
-_DEFAULTS: dict[str, Any] = {
-    "temperature": 1,
-    "top_p": 1,
-    "n": 1,
-    "best_of": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "echo": False,
-    "logit_bias": {},
-    "stop": [],
-    "max_tokens": DEFAULT_MAX_TOKENS,
-    "suffix": "",
-}
-_TEXT_FIELDS = frozenset({"prompt", "suffix"})
+DEFAULT_MAX_TOKENS = 16  # the API's own default for this endpoint (the limiter reserves it)
 
 
 def prompts_of(prompt: Any) -> list[Any]:
@@ -43,13 +31,12 @@ def prompts_of(prompt: Any) -> list[Any]:
 class CompletionsAdapter(GenerationAdapter):
     endpoint = Endpoint.COMPLETIONS
     key_kind = "cmpl"
+    fields = COMPLETIONS
+    defaults = COMPLETIONS_DEFAULTS
     direct_for_openai_models = True
 
     def check(self, body: dict[str, Any]) -> None:
         check_completions(body)
-
-    def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return params_digest(body, model, "completions", _DEFAULTS, _TEXT_FIELDS)
 
     def prompt_tokens(self, body: dict[str, Any], model: ModelConfig) -> int:
         total = 0
@@ -78,45 +65,33 @@ class CompletionsAdapter(GenerationAdapter):
                 choice.setdefault(name, empty)
         return super().encode(chunk, include_usage)
 
+    def unstorable(self, assembler: Assembler) -> str | None:
+        doubt = assembler.doubt if isinstance(assembler, DeltaAssembler) else None
+        return doubt or super().unstorable(assembler)
+
     def replay_chunks(self, answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
-        head = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint") if k in answer}
-        head["object"] = "text_completion"
+        """One chunk per choice, the whole choice in it (text, logprobs, finish_reason,
+        unknown fields); every chunk carries the answer's top-level fields."""
+        head = stream_head(answer, "text_completion")
         chunks = [{**head, "choices": [choice]} for choice in answer.get("choices") or ()]
         if include_usage and answer.get("usage"):
             chunks.append({**head, "choices": [], "usage": answer["usage"]})
         return chunks
 
 
-class TextAssembler(StreamAssembler):
-    """Folds `text_completion` chunks: text and logprobs appended per choice index (the
-    head, usage and completeness are kept as for chat)."""
-
-    def _add_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index", 0)
-        acc = self._choices.setdefault(
-            index, {"text": "", "index": index, "logprobs": None, "finish_reason": None}
-        )
-        acc["text"] += choice.get("text") or ""
-        if choice.get("logprobs"):
-            merged = acc["logprobs"] = acc["logprobs"] or {}
-            for part, values in choice["logprobs"].items():
-                if isinstance(values, list):
-                    merged.setdefault(part, []).extend(values)
-        if choice.get("finish_reason"):
-            acc["finish_reason"] = choice["finish_reason"]
+class TextAssembler(DeltaAssembler):
+    """`text_completion` chunks -> the `text_completion` a non-stream call returns: every
+    field of a choice merged per choice index by `DeltaMerge` (`text` concatenated,
+    `logprobs` lists concatenated, unknown fields kept); `text` "" and `logprobs` null when
+    none."""
 
     def response(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            **self._head,
-            "object": "text_completion",
-            "choices": [self._choices[i] for i in sorted(self._choices)],
-        }
-        if self.usage is not None:
-            out["usage"] = self.usage
-        return out
-
-    def usage_counts(self) -> Usage | None:
-        return usage_counts(self.usage)
+        joined = self._joined()
+        choices = [
+            {"text": "", "index": i, "logprobs": None, "finish_reason": None, **joined[i]}
+            for i in sorted(joined)
+        ]
+        return self._answer("text_completion", choices)
 
     def text(self) -> str:
-        return "".join(c["text"] for c in self._choices.values())
+        return "".join(c["text"] for c in self._joined().values() if isinstance(c.get("text"), str))

@@ -24,6 +24,7 @@ import orjson
 
 from proxy.config import ModelConfig
 from proxy.core.apis.base import Adapter, Endpoint
+from proxy.core.fields import EMBEDDINGS, EMBEDDINGS_DEFAULTS, keyed
 from proxy.core.schemas import EmbeddingItem, embedding_items
 from proxy.core.tokens import count_text, encoding, encoding_name
 from proxy.core.validation import check_embeddings
@@ -41,12 +42,17 @@ class EmbeddingRequest:
     items: list[EmbeddingItem]
     tokens: list[int]  # estimated per item (tiktoken), for the limiter and "tokens saved"
     base64: bool
-    dimensions: int | None
+    # Every other field that reaches the provider (`dimensions`, `user`, `input_type`, ...),
+    # and those of them in every item's key (all but IGNORE ones such as `user`).
+    params: dict[str, Any]
+    keyed: dict[str, Any]
 
 
 class EmbeddingsAdapter(Adapter):
     endpoint = Endpoint.EMBEDDINGS
     key_kind = "emb"
+    fields = EMBEDDINGS
+    defaults = EMBEDDINGS_DEFAULTS
 
     def check(self, body: dict[str, Any]) -> None:
         check_embeddings(body)
@@ -63,14 +69,21 @@ class EmbeddingsAdapter(Adapter):
                     f"Input {i} has {n} tokens; this model accepts at most {limit} per input.",
                     param=f"input[{i}]",
                 )
-        return EmbeddingRequest(
-            items, tokens, body.get("encoding_format") == "base64", body.get("dimensions")
-        )
+        own = self.own_fields | {"input"}
+        params = {k: v for k, v in body.items() if k not in own and v is not None}
+        keyed_params = {k: v for k, v in keyed(self.fields, body).items() if k != "input"}
+        return EmbeddingRequest(items, tokens, body.get("encoding_format") == "base64", params, keyed_params)
 
-    def item_digest(self, model: ModelConfig, dimensions: int | None, item: EmbeddingItem) -> str:
-        """An item's key digest: the upstream model, `dimensions` and the exact input."""
-        canonical = orjson.dumps([model.litellm_model, model.api_base or "", dimensions, item])
-        return hashlib.sha256(canonical).hexdigest()
+    def item_digest(self, model: ModelConfig, keyed_params: dict[str, Any], item: EmbeddingItem) -> str:
+        """An item's key digest: the upstream model, `dimensions`, the other keyed fields
+        (`input_type`, ...) and the exact input. (Without other fields the digest is the
+        one of earlier versions, so those entries stay valid.)"""
+        dimensions = keyed_params.get("dimensions")
+        others = {k: v for k, v in keyed_params.items() if k != "dimensions"}
+        parts: list[Any] = [model.litellm_model, model.api_base or "", dimensions, item]
+        if others:
+            parts.append(others)
+        return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def answer(self, model: str, vectors: list[bytes], as_base64: bool, upstream_tokens: int) -> bytes:
         """The OpenAI `list` of embeddings, from little-endian float32 vectors in input order."""

@@ -2,10 +2,9 @@
 
 - Keyed on every field that changes the output, `previous_response_id` included (a
   follow-up turn is a different request from the same text sent fresh).
-- `store: true` and `background: true` requests always go to the provider and are never
-  stored: the client asked the provider to keep the response (to fetch it later by id or
-  continue from it) or to run it as a job to poll, and an answer from the cache would do
-  neither. Requests that leave `store` out are cached like any other.
+- `store: true`, `background: true`, a `conversation` and an unpinned `prompt` template
+  always go to the provider and are never stored (`proxy.core.fields`): each needs the
+  provider's server-side state. Requests that leave `store` out are cached.
 - A stream is a sequence of typed `response.*` events; it is stored as the response of its
   `response.completed` event, and only then (`response.failed`, `response.incomplete`,
   `error` or a cut-off stream store nothing). A stored response replays as the event
@@ -16,27 +15,17 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
 from proxy.config import ModelConfig
 from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, text_tokens, usage_counts
 from proxy.core.apis.sse import typed_event
-from proxy.core.keys import IGNORED_FIELDS, params_digest
+from proxy.core.fields import RESPONSES, RESPONSES_DEFAULTS
 from proxy.core.validation import check_responses
 from proxy.errors import ProxyError
 
-_DEFAULTS: dict[str, Any] = {
-    "temperature": 1,
-    "top_p": 1,
-    "parallel_tool_calls": True,
-    "truncation": "disabled",
-    "tool_choice": "auto",
-    "text": {"format": {"type": "text"}},
-}
-_IGNORED = IGNORED_FIELDS | {"background"}
-_TEXT_FIELDS = frozenset({"input", "instructions"})
 _FAILED_EVENTS = ("response.failed", "response.incomplete", "error")
 
 
@@ -54,18 +43,13 @@ def _text_of(value: Any) -> str:
 class ResponsesAdapter(GenerationAdapter):
     endpoint = Endpoint.RESPONSES
     key_kind = "resp"
-    own_fields: ClassVar[frozenset[str]] = frozenset({"model", "stream"})
+    fields = RESPONSES
+    defaults = RESPONSES_DEFAULTS
     done = b""  # the Responses API ends a stream with response.completed, no [DONE]
     asks_stream_usage = False  # its final event carries usage
 
     def check(self, body: dict[str, Any]) -> None:
         check_responses(body)
-
-    def digest(self, body: dict[str, Any], model: ModelConfig) -> str:
-        return params_digest(body, model, "responses", _DEFAULTS, _TEXT_FIELDS, _IGNORED)
-
-    def uncacheable(self, body: dict[str, Any]) -> bool:
-        return body.get("store") is True or body.get("background") is True
 
     def include_usage(self, body: dict[str, Any]) -> bool:
         return True  # usage is part of the final event, always

@@ -6,6 +6,8 @@
 -- ARGV[4] retention_ms   ARGV[5] pin_ms (how long a pinned answer stays)
 -- ARGV[6] ttl_ms for an approved answer put back when its item has no TTL recorded
 -- ARGV[7] L1 channel ("" for none)
+-- ARGV[8] when the answer under review refers to something the provider deletes (its
+--         earliest `expires_at`, in ms; 0 for none): nothing is put back beyond it
 -- Returns {outcome, detail}: "missing" (no such item), "decided" (already; detail = its
 -- state), "gone" (pin: the answer under review no longer exists), "ok" (detail = new state)
 local item = KEYS[3]
@@ -17,6 +19,15 @@ if state ~= 'pending' then
   return {'decided', state}
 end
 local decision, now = ARGV[1], tonumber(ARGV[2])
+local expires = tonumber(ARGV[8] or '0') or 0
+
+-- `ttl` capped by the answer's own expiry; 0 or less when it has expired.
+local function capped(ttl)
+  if expires > 0 and expires - now < ttl then
+    return expires - now
+  end
+  return ttl
+end
 
 -- Puts the answer under review back as the cache entry, for `ttl` ms.
 local function put_back(ttl)
@@ -39,19 +50,25 @@ if decision == 'reject' then
 elseif decision == 'approve' then
   -- A quarantined answer is served again, unless a fresh answer took its place meanwhile.
   if redis.call('HEXISTS', item, 'quarantined') == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
-    local ttl = tonumber(redis.call('HGET', item, 'entry_ttl_ms') or '0') or 0
-    if ttl <= 0 then
-      ttl = tonumber(ARGV[6])
+    -- Put back until the entry would have expired had it not been flagged, no longer.
+    local deadline = tonumber(redis.call('HGET', item, 'entry_deadline_ms') or '0') or 0
+    local ttl = tonumber(ARGV[6])
+    if deadline > 0 then
+      ttl = deadline - now
     end
-    put_back(ttl)
+    ttl = capped(ttl)
+    if ttl > 0 then
+      put_back(ttl)
+    end
   end
   new_state = 'approved'
 elseif decision == 'pin' then
   -- The verified answer (not a fresher one stored since) is served for pin_ms.
-  if not put_back(tonumber(ARGV[5])) then
+  local ttl = capped(tonumber(ARGV[5]))
+  if ttl <= 0 or not put_back(ttl) then
     return {'gone', ''}
   end
-  redis.call('HSET', item, 'pinned_until_ms', now + tonumber(ARGV[5]))
+  redis.call('HSET', item, 'pinned_until_ms', now + ttl)
   new_state = 'pinned'
 else
   return redis.error_reply('unknown decision ' .. decision)

@@ -40,7 +40,11 @@ if has_entry then
   else
     redis.call('DEL', KEYS[5])
   end
-  redis.call('HSET', KEYS[3], 'entry_ttl_ms', redis.call('PTTL', KEYS[1]))
+  -- When the entry would have expired: an approval that puts it back keeps that deadline.
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    redis.call('HSET', KEYS[3], 'entry_deadline_ms', tonumber(now) + pttl)
+  end
   if mode == 'quarantine' then
     redis.call('DEL', KEYS[1], KEYS[2])
     redis.call('HSET', KEYS[3], 'quarantined', 1)

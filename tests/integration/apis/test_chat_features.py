@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from proxy.core.apis.chat import StreamAssembler
+from proxy.core.apis.chat import ChatAssembler
 from tests.conftest import UPSTREAM_BASE, auth, openai_completion, provider_mock, sse_events
 
 pytestmark = pytest.mark.anyio
@@ -47,7 +47,7 @@ def sse(chunks: list[dict[str, Any]]) -> httpx.Response:
 
 
 def assembled(raw: bytes) -> dict[str, Any]:
-    assembler = StreamAssembler()
+    assembler = ChatAssembler()
     for event in sse_events(raw)[:-1]:
         assembler.add(event)
     return assembler.response()

@@ -23,6 +23,8 @@ INSTRUCT_MODEL = {
     "litellm_model": "openai/gpt-3.5-turbo-instruct",
     "api_base": UPSTREAM_BASE,
     "api_key": "sk-upstream-secret",
+    # OpenAI's API behind a test URL: its sampling defaults (max_tokens 16, temperature 1).
+    "request_defaults": "openai",
 }
 
 

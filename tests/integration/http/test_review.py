@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
 from proxy.core.keys import cache_key, sibling_key
+from proxy.store.cache import encode_entry
 from proxy.store.connection import RedisGate, connect
 from proxy.store.review import ReviewQueue, is_sampled
 from tests.conftest import UPSTREAM_BASE, auth, build_config, keys_without_ttl, openai_completion, own_keys
@@ -399,3 +402,71 @@ async def test_responses_and_completions_answers_can_be_flagged_too(
         assert decided.status_code == 200
         assert not redis_sync.exists(cache_key(key_prefix, "acme", kind, digest))
         assert (await client.post(path, json=body, headers=auth())).headers["x-cache"] == "MISS"
+
+
+async def test_an_approval_puts_back_no_longer_than_the_entry_had_left(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    client = await make_client()
+    answers(upstream, "Canberra")
+    digest = (await cached(client)).headers["x-cache-key"]
+    entry = cache_key(key_prefix, "acme", "chat", digest)
+    redis_sync.pexpire(entry, 120_000)  # two minutes left when it is flagged
+    await client.post(FLAGS, json={"key": digest}, headers=auth())
+    assert redis_sync.exists(entry) == 0  # quarantined
+    item = sibling_key(entry, "rv:item")
+    # The reviewer decides a minute later: a minute is left, not two, and not the default hour.
+    deadline = int(redis_sync.hget(item, "entry_deadline_ms") or 0)
+    redis_sync.hset(item, "entry_deadline_ms", deadline - 60_000)
+    approve = await client.post(
+        f"/admin/review/{digest}/decision", json={"decision": "approve"}, headers=auth()
+    )
+    assert approve.json()["state"] == "approved"
+    assert 55_000 <= redis_sync.pttl(entry) <= 60_000
+
+    # Decided after the entry would have expired: approved, but nothing is put back.
+    answers(upstream, "Canberra", "Sydney")
+    other = (await cached(client, content="other")).headers["x-cache-key"]
+    other_entry = cache_key(key_prefix, "acme", "chat", other)
+    await client.post(FLAGS, json={"key": other}, headers=auth())
+    redis_sync.hset(sibling_key(other_entry, "rv:item"), "entry_deadline_ms", 1)
+    late = await client.post(f"/admin/review/{other}/decision", json={"decision": "approve"}, headers=auth())
+    assert late.json()["state"] == "approved" and redis_sync.exists(other_entry) == 0
+
+
+def audio_answer(expires_at: int) -> dict[str, Any]:
+    answer = openai_completion("")
+    answer["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "audio": {"id": "audio_1", "data": "UklGRg==", "transcript": "Canberra", "expires_at": expires_at},
+    }
+    return answer
+
+
+async def test_a_pin_never_outlives_the_audio_it_refers_to(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    client = await make_client(review={"on_flag": "keep", "pin_max_seconds": 86_400})
+    soon = int(time.time()) + 600
+    upstream.post(URL).mock(return_value=httpx.Response(200, json=audio_answer(soon)))
+    digest = (await cached(client)).headers["x-cache-key"]
+    entry = cache_key(key_prefix, "acme", "chat", digest)
+    assert redis_sync.ttl(entry) <= 600  # the store path caps it already
+    await client.post(FLAGS, json={"key": digest}, headers=auth())
+    pin = {"decision": "pin", "tenant": "acme", "ttl_seconds": 50_000}
+    pinned = await client.post(f"/admin/review/{digest}/decision", json=pin, headers=auth("admin"))
+    assert pinned.status_code == 200 and pinned.json()["state"] == "pinned"
+    assert 590 <= redis_sync.ttl(entry) <= 600
+    assert pinned.json()["pinned_until"] <= soon
+
+    # An answer whose audio has expired since it was flagged cannot be pinned at all.
+    later = (await cached(client, content="later")).headers["x-cache-key"]
+    await client.post(FLAGS, json={"key": later}, headers=auth())
+    copy = sibling_key(cache_key(key_prefix, "acme", "chat", later), "rv:answer")
+    expired = orjson.dumps(audio_answer(int(time.time()) - 1))
+    redis_sync.set(
+        copy, encode_entry(expired, 5, 2, 1 << 20, int(time.time() * 1000), "gpt-4o-mini"), px=600_000
+    )
+    refused = await client.post(f"/admin/review/{later}/decision", json=pin, headers=auth("admin"))
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "answer_expired"

@@ -19,6 +19,7 @@ from tests.conftest import (
     cache_keys,
     keys_without_ttl,
     openai_completion,
+    openai_sse,
     own_keys,
     provider_mock,
 )
@@ -78,6 +79,7 @@ async def test_counters_after_a_known_mix(make_client: Any, upstream: Any) -> No
         assert acme["errors"]["upstream"] == 1
         assert acme["errors"]["bad_request"] == 1
         assert acme["hit_ratio"] == 0.5
+        assert acme["not_cacheable"] == 0
         assert acme["tokens_saved"] == {"prompt": 15, "completion": 6, "total": 21}  # 3 hits x (5 + 2)
         assert acme["upstream_tokens"]["total"] == 3 * 7
         assert acme["latency_ms"]["hit"]["count"] == 3 and acme["latency_ms"]["hit"]["p50"] is not None
@@ -150,12 +152,46 @@ async def test_metrics_parse_and_agree_with_stats(make_client: Any, upstream: An
         "llmcp_cost_saved_usd",
         "llmcp_rate_limited",
         "llmcp_upstream_errors",
+        "llmcp_not_cacheable",
         "llmcp_redis_errors",
         "llmcp_request_duration_seconds",
     ):
         assert name in families, name
     assert families["llmcp_request_duration_seconds"].type == "histogram"
     assert samples[("llmcp_cache_entries", ())] == 2
+
+
+async def test_answers_served_but_not_stored_are_counted(make_client: Any, upstream: Any) -> None:
+    """A stream without usage cannot give back the JSON answer: served, not stored, counted
+    in /stats and /metrics."""
+    direct = {
+        "name": "direct",
+        "litellm_model": "openai/gpt-4o-mini",
+        "api_base": UPSTREAM_BASE,
+        "api_key": "sk-upstream-secret",
+        "passthrough": True,
+    }
+    client = await make_client(models=[direct])
+    upstream.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=openai_sse(["a", "b"], usage=False), headers={"content-type": "text/event-stream"}
+        )
+    )
+    for _ in range(2):
+        response = await client.post(CHAT, json=ask("no usage", "direct", stream=True), headers=auth())
+        assert response.headers["x-cache"] == "MISS"
+    report = (await client.get("/stats", headers=auth("admin"))).json()
+    figures = report["windows"]["1h"]["tenants"]["acme"]["models"]["direct"]
+    assert (figures["misses"], figures["not_cacheable"]) == (2, 2)
+    assert report["windows"]["all"]["totals"]["not_cacheable"] == 2
+    metrics = (await client.get("/metrics", headers=auth("admin"))).text
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    (sample,) = families["llmcp_not_cacheable"].samples
+    assert (sample.name, sample.labels, sample.value) == (
+        "llmcp_not_cacheable_total",
+        {"tenant": "acme", "model": "direct"},
+        2,
+    )
 
 
 async def test_event_stream_is_capped_and_has_a_ttl(

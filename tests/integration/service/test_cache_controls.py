@@ -35,10 +35,10 @@ class CountingDemo(DemoUpstream):
         return await super().complete(model, body, api)
 
     async def embed(
-        self, model: ModelConfig, inputs: list[Any], dimensions: int | None
+        self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
         self.calls += 1
-        return await super().embed(model, inputs, dimensions)
+        return await super().embed(model, inputs, params)
 
 
 # path, cache key kind, body for a given text

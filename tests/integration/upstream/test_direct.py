@@ -44,7 +44,8 @@ async def test_miss_then_hit_and_what_is_sent(make_client: Any) -> None:
     payload = orjson.loads(sent.content)
     assert payload["model"] == "gpt-4o-mini"  # the upstream's name, not the alias
     assert payload["temperature"] == 0.2 and payload["user"] == "u1"
-    assert "metadata" not in payload and "stream" not in payload
+    assert payload["metadata"] == {"a": "b"}  # every field but the proxy's own reaches the provider
+    assert "stream" not in payload
 
 
 async def test_stream_miss_then_stream_hit(make_client: Any) -> None:

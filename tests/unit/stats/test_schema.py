@@ -49,6 +49,7 @@ STORED_NAMES = {
     "limited_requests",
     "limited_tokens",
     "limiter_errors",
+    "not_cacheable",
     "saved_prompt",
     "saved_completion",
     "upstream_prompt",

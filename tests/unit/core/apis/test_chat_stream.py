@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.apis.chat import StreamAssembler, replay_chunks
+from proxy.core.apis.chat import ChatAssembler, replay_chunks
 from proxy.core.apis.sse import DONE, event
 
 HEAD = {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "gpt"}
@@ -16,8 +16,8 @@ def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0, **ex
     return {**HEAD, "choices": [{"index": index, "delta": delta, "finish_reason": finish, **extra}]}
 
 
-def assemble(chunks: list[dict[str, Any]]) -> StreamAssembler:
-    asm = StreamAssembler()
+def assemble(chunks: list[dict[str, Any]]) -> ChatAssembler:
+    asm = ChatAssembler()
     for c in chunks:
         asm.add(c)
     return asm
@@ -63,7 +63,8 @@ def test_text_stream_assembles_into_a_completion() -> None:
     assert asm.complete
     response = asm.response()
     assert response["object"] == "chat.completion"
-    assert response["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    # The non-stream shape: `refusal` is null when there is none (as a non-stream call says).
+    assert response["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
     assert response["choices"][0]["finish_reason"] == "stop"
 
 
@@ -83,7 +84,7 @@ def test_tool_call_deltas_are_merged_by_index() -> None:
 
 def test_stream_without_finish_reason_is_incomplete() -> None:
     assert not assemble([chunk({"role": "assistant", "content": "Hel"})]).complete
-    assert not StreamAssembler().complete
+    assert not ChatAssembler().complete
 
 
 def test_multiple_choices_and_reasoning_and_refusal() -> None:
