@@ -12,6 +12,7 @@ dict. Every failure is one `ConfigError` whose message names the field, e.g.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Mapping
 from functools import cached_property
@@ -23,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from proxy.errors import ConfigError
+
+_log = logging.getLogger("llmcp.config")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -134,6 +137,10 @@ class UpstreamConfig(_Strict):
         return data
 
 
+# litellm providers whose servers speak the OpenAI API, so they can be called directly.
+OPENAI_COMPATIBLE = ("openai/", "text-completion-openai/")
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[^\s|{}]{1,128}$")
     litellm_model: str = Field(min_length=1)
@@ -151,20 +158,59 @@ class ModelConfig(_Strict):
     # inputs go upstream in one call (a larger batch of misses is split).
     max_input_tokens: int = Field(8191, ge=1)
     embedding_batch_size: int = Field(2048, ge=1)
-    # Call an OpenAI-compatible upstream directly instead of through litellm (much less CPU
-    # per miss); needs litellm_model "openai/<name>" and api_base.
-    passthrough: bool = False
+    # How misses reach the provider: `direct` over the proxy's own HTTP client, relaying
+    # an OpenAI-compatible server's answer (OpenAI, vLLM, Ollama's /v1, another proxy: a
+    # litellm_model of `openai/<name>` or `text-completion-openai/<name>`, with or without
+    # api_base); `litellm` translates for any other provider (Anthropic, Bedrock, Vertex,
+    # Gemini, ...); `auto` (default) is direct for the OpenAI-compatible ones, else litellm.
+    route: Literal["auto", "direct", "litellm"] = "auto"
     # Which parameter defaults fold into "not sent" for the cache key: `openai` (OpenAI's,
     # e.g. temperature 1), `none` (only the protocol's, e.g. n 1: the server picks its own
     # sampling defaults, as vLLM and Ollama do), `auto` (openai for OpenAI's own API and
     # Anthropic's, none for any other server). See docs/keyspace.md.
     request_defaults: Literal["auto", "openai", "none"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _passthrough_is_route(cls, data: Any) -> Any:
+        """`passthrough` (the older name) is `route`: true -> direct, false -> auto. Accepted,
+        with a warning naming the replacement; both at once is an error."""
+        if isinstance(data, dict) and "passthrough" in data:
+            data = dict(data)
+            passthrough = data.pop("passthrough")
+            if "route" in data:
+                raise ValueError("passthrough is replaced by route; set only route")
+            if not isinstance(passthrough, bool):
+                raise ValueError("passthrough must be true or false (better: route: direct | auto)")
+            data["route"] = "direct" if passthrough else "auto"
+            _log.warning(
+                "model %r: `passthrough: %s` is deprecated; use `route: %s`",
+                data.get("name"),
+                str(passthrough).lower(),
+                data["route"],
+            )
+        return data
+
     @model_validator(mode="after")
-    def _passthrough_is_openai(self) -> ModelConfig:
-        if self.passthrough and not (self.litellm_model.startswith("openai/") and self.api_base):
-            raise ValueError("passthrough needs litellm_model 'openai/<model>' and an api_base")
+    def _direct_is_openai(self) -> ModelConfig:
+        if self.route == "direct" and not self.speaks_openai:
+            raise ValueError(
+                "route: direct needs an OpenAI-compatible litellm_model "
+                f"({' or '.join(p + '<model>' for p in OPENAI_COMPATIBLE)})"
+            )
         return self
+
+    @property
+    def speaks_openai(self) -> bool:
+        """The provider speaks the OpenAI API itself: no translation is needed."""
+        return self.litellm_model.startswith(OPENAI_COMPATIBLE)
+
+    @property
+    def via_litellm(self) -> bool:
+        """Misses go through litellm (it translates); otherwise directly, or the demo."""
+        if self.is_demo:
+            return False
+        return self.route == "litellm" or (self.route == "auto" and not self.speaks_openai)
 
     @property
     def is_demo(self) -> bool:

@@ -1,12 +1,24 @@
 """Logging setup: `server.log_format: json` writes every record as one JSON object (for log
 shippers); `text` keeps the usual human format. The per-request access line is written
-by `proxy.http.access_log`."""
+by `proxy.http.access_log`.
+
+The access line (one per request, the only per-request record) is written off the event
+loop (`OffLoopHandler`): the loop only queues it; a thread formats and writes the lines
+in batches, one write and one flush per batch, so the shipped default (access line on)
+costs a hit little more than building its record. Every other record (startup, warnings,
+errors) is written at once, so none is lost when a worker ends on a signal.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing.util
+import queue
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -30,6 +42,88 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+# Argument types a record can keep unformatted until the writer thread renders it: values
+# that cannot change between the call and the write. Anything else is rendered at once.
+_FROZEN = frozenset({str, int, float, bool, type(None), bytes})
+_FLUSH = "llmcp.log-writer.flush"  # a marker record: the writer sets its event once it is here
+
+
+class OffLoopHandler(logging.Handler):
+    """Hands records to a writer thread: `emit` is a queue put, formatting and the write
+    happen on the thread, a batch at a time (what piled up while it wrote the last one).
+    Closed at exit after writing what is queued."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self._stream = stream if stream is not None else sys.stderr
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, name="llmcp-log-writer", daemon=True)
+        self._thread.start()
+        # Written out at exit: atexit in the main process; multiprocessing's finalizers in a
+        # worker process (uvicorn's workers end with os._exit, which skips atexit).
+        atexit.register(self.close)
+        multiprocessing.util.Finalize(self, self.close, exitpriority=-100)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the queue is thread-safe, and the writer is the only one writing.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if args and not (isinstance(args, tuple) and all(type(a) in _FROZEN for a in args)):
+            # A mutable argument could change before the writer renders it: render now.
+            record.msg, record.args = record.getMessage(), None
+        self._queue.put(record)
+
+    def _write(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            while True:
+                try:
+                    batch.append(get_nowait())
+                except queue.Empty:
+                    break
+            lines: list[str] = []
+            flushed: list[threading.Event] = []
+            for record in batch:
+                if record is None:
+                    continue
+                if record.name == _FLUSH:
+                    flushed.append(record.msg)  # type: ignore[arg-type]
+                    continue
+                try:
+                    lines.append(self.format(record))
+                except Exception:
+                    self.handleError(record)
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except Exception:  # a closed or broken stream: nowhere left to say so
+                    pass
+            for done in flushed:
+                done.set()
+            if None in batch:
+                return
+
+    def flush(self) -> None:
+        """Wait until what is queued now has been written (tests, shutdown)."""
+        if self._thread.is_alive():
+            done = threading.Event()
+            self._queue.put(logging.LogRecord(_FLUSH, 0, "", 0, done, None, None))
+            done.wait(5)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(5)
+        super().close()
+
+
 def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
     """One dictConfig for the CLI process and every uvicorn worker (workers are new
     processes: only what uvicorn applies from log_config reaches them)."""
@@ -43,12 +137,26 @@ def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
-        "handlers": {"main": {"class": "logging.StreamHandler", "formatter": "main"}},
+        "handlers": {
+            "main": {"class": "logging.StreamHandler", "formatter": "main"},
+            "access": {"class": "proxy.logs.OffLoopHandler", "formatter": "main"},
+        },
         "root": {"handlers": ["main"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": ["main"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},
-            "uvicorn.access": {"handlers": ["main"], "level": level, "propagate": False},
-            "llmcp.access": {"level": level if access_log else "WARNING"},
+            "uvicorn.access": {"handlers": ["main"], "level": "WARNING", "propagate": False},
+            "llmcp.access": {
+                "handlers": ["access"],
+                "level": level if access_log else "WARNING",
+                "propagate": False,
+            },
         },
     }
+
+
+def flush_access_log() -> None:
+    """Write out the queued access lines (before a worker ends: a worker stopped by SIGTERM
+    dies by the signal once uvicorn is done, with no exit hooks)."""
+    for handler in logging.getLogger("llmcp.access").handlers:
+        handler.flush()

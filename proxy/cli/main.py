@@ -76,8 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=workers,
             log_level=server.log_level,
-            # Our own request line (proxy/logs.py) covers the proxied endpoints.
-            access_log=server.access_log and server.log_level in ("debug", "info"),
+            # One access line per request, ours (proxy/http/access_log.py): it has more.
+            access_log=False,
             log_config=logging_setup,
             timeout_graceful_shutdown=30,
             # A worker replaced by a rolling restart (SIGHUP) imports litellm before it is

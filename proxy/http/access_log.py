@@ -1,11 +1,13 @@
-"""The one log line per proxied request: request id, tenant, model, cache status, HTTP
-status, latency and upstream tokens. Never the API key, and never the prompt unless
-`server.log_prompts` is on."""
+"""The one access line per request. A proxied request's line has its request id, tenant,
+model, cache status, HTTP status, latency and upstream tokens; every other route's has
+method, path, status and latency. Never the API key, and never the prompt unless
+`server.log_prompts` is on. uvicorn's own access logger stays off: this replaces it."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from proxy.stats.schema import RequestRecord
 
@@ -35,3 +37,27 @@ def log_request(record: RequestRecord, request_id: str, path: str, status: int) 
         message += " %s"
         args.append(record.prompt)
     access.info(message, *args, extra=fields)
+
+
+def logged_send(send: Any, method: str, path: str) -> Any:
+    """`send` wrapped to write one access line for a route outside the proxied endpoints,
+    when the response starts; `send` itself when the access line is off."""
+    if not access.isEnabledFor(logging.INFO):
+        return send
+    started = time.perf_counter()
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            access.info(
+                "%s %s %s %.1fms",
+                method,
+                path,
+                status,
+                latency_ms,
+                extra={"path": path, "status": status, "latency_ms": latency_ms},
+            )
+        await send(message)
+
+    return wrapped

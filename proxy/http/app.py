@@ -32,6 +32,7 @@ from proxy.http.routes.admin import router as admin_router
 from proxy.http.routes.models import router
 from proxy.http.routes.review import router as review_router
 from proxy.http.routes.stats import router as stats_router
+from proxy.logs import flush_access_log
 from proxy.service.runtime import Runtime
 from proxy.upstream.selector import Upstreams
 
@@ -85,6 +86,7 @@ def create_app(
             if hup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await runtime.close()
+            flush_access_log()
 
     app = FastAPI(
         title="llm-cache-proxy",

@@ -19,7 +19,7 @@ from proxy.core.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.core.apis.base import Adapter
 from proxy.core.cache_controls import RequestMeta
 from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
-from proxy.http.access_log import log_request
+from proxy.http.access_log import log_request, logged_send
 from proxy.http.auth import authenticate_tenant
 from proxy.http.errors import error_parts
 from proxy.http.headers import Headers, response_headers
@@ -66,6 +66,8 @@ class FastPath:
             return await self._refuse(scope, send)
         api = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if api is None:
+            if scope["type"] == "http":
+                send = logged_send(send, scope["method"], scope["path"])
             await self.inner(scope, receive, send)
             return
         path = scope["path"]

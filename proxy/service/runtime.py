@@ -6,7 +6,6 @@ shutdown, so tests and workers each get their own.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -25,7 +24,6 @@ from proxy.store.flight import SingleFlight
 from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue
-from proxy.upstream.litellm_upstream import preload
 from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp")
@@ -112,6 +110,8 @@ class Runtime:
         self.review = ReviewQueue(self.gate, new)
         self.pipeline = Pipeline(Stages(new, cache, self.upstreams, limiter, self.flight, self.review))
         self.limiter, self.report, self.config = limiter, StatsReport(self.gate, new), new
+        if any(m.via_litellm for m in new.models):
+            self.upstreams.load_litellm()
 
     def reload_from_file(self) -> Config:
         """Re-read the config file; on any error the running config stays and ConfigError says why."""
@@ -143,13 +143,12 @@ class Runtime:
             self.l1.start()
         if not await self.gate.ping():
             log.warning("Redis is not reachable at startup; serving without cache until it is")
-        if any(not m.is_demo and not m.passthrough for m in self.config.models):
-            # Import litellm (~3 s) before accepting requests: importing it in the background
-            # while serving holds the GIL long enough to stall the loop and time out Redis calls.
-            await asyncio.get_running_loop().run_in_executor(None, preload)
-        # Everything loaded so far (litellm alone is millions of objects) lives as long as the
-        # process: keep it out of the garbage collector, whose full passes over it stalled the
-        # event loop for ~100 ms (the hot-key p99).
+        if any(m.via_litellm for m in self.config.models):
+            # litellm (~3 s to import) loads in a worker thread while the server already
+            # serves; only requests for the models routed through it wait for it.
+            self.upstreams.load_litellm()
+        # Everything loaded so far lives as long as the process: keep it out of the garbage
+        # collector, whose full passes over it stall the event loop (the hot-key p99).
         gc.collect()
         gc.freeze()
 

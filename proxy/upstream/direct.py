@@ -1,5 +1,5 @@
-"""Misses to OpenAI-compatible upstreams without litellm (`passthrough: true`, and legacy
-completions of `openai/` models).
+"""Misses to OpenAI-compatible upstreams without litellm (`route: auto | direct` for
+`openai/` and `text-completion-openai/` models: the default for them).
 
 litellm makes any provider look like OpenAI, at several ms of CPU per call. When the
 upstream already speaks the OpenAI API (OpenAI itself, vLLM, Ollama, another proxy), the
@@ -10,8 +10,10 @@ fields go in the JSON body, never into where or how the call is made.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -30,6 +32,14 @@ def upstream_model(model: ModelConfig) -> str:
     return model.litellm_model.split("/", 1)[1]
 
 
+def _openai_key(model: ModelConfig) -> str | None:
+    """OPENAI_API_KEY for OpenAI's own API when the model sets no key, as litellm (and the
+    openai SDK) would use it; never sent to any other server."""
+    if model.api_base is None or urlsplit(model.api_base).hostname == "api.openai.com":
+        return os.environ.get("OPENAI_API_KEY") or None
+    return None
+
+
 class DirectUpstream:
     def __init__(self, default_timeout_s: float, transport: HttpTransport) -> None:
         self._timeout = default_timeout_s
@@ -37,8 +47,9 @@ class DirectUpstream:
 
     def _where(self, model: ModelConfig, endpoint: Endpoint) -> tuple[str, dict[str, str], float]:
         headers = {"content-type": "application/json"}
-        if model.api_key:
-            headers["authorization"] = f"Bearer {model.api_key}"
+        key = model.api_key or _openai_key(model)
+        if key:
+            headers["authorization"] = f"Bearer {key}"
         url = f"{(model.api_base or _OPENAI).rstrip('/')}{endpoint.path}"
         return url, headers, model.timeout_seconds or self._timeout
 

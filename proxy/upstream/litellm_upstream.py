@@ -1,8 +1,10 @@
 """Any provider litellm supports, answered in the OpenAI shape: the only module that
 imports litellm.
 
-litellm is imported lazily (it costs seconds and hundreds of MB; the server preloads it
-before serving when a model needs it), with its cost-map download turned off. Only the
+litellm is imported lazily (it costs seconds and hundreds of MB), with its cost-map
+download turned off: only when a configured model routes through it, in a worker thread
+started once the server is up. A request for such a model waits for that import; requests
+for the other models never do. Only the
 OpenAI parameters litellm maps are passed to it as arguments; any other field of the
 client's body goes to the provider inside `extra_body`, so a client can never set
 litellm's own options (`api_base`, `api_key`, `mock_response`, ...) and redirect the
@@ -11,6 +13,8 @@ server's credentials. Failures are translated by `proxy.upstream.errors`.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -103,20 +107,21 @@ RESPONSES_PARAMS = frozenset(
 )
 
 
+_loaded: Any = None  # litellm once imported and set up
+
+
 def _litellm() -> Any:
     """litellm, imported on first use (seconds and hundreds of MB), told not to download
-    its cost map or phone home."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    its cost map or phone home. Blocking: the event loop calls it only once it is loaded."""
+    global _loaded
+    if _loaded is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
 
-    litellm.suppress_debug_info = True
-    litellm.telemetry = False
-    return litellm
-
-
-def preload() -> None:
-    """Import litellm now (at startup, before serving) so the first miss does not pay for it."""
-    _litellm()
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        _loaded = litellm
+    return _loaded
 
 
 # Embedding parameters litellm maps (litellm.aembedding); any other field goes in extra_body.
@@ -136,6 +141,27 @@ class LiteLLMUpstream:
 
     def __init__(self, default_timeout_s: float) -> None:
         self._timeout = default_timeout_s
+        self._loading: asyncio.Future[Any] | None = None
+
+    def load_in_background(self) -> None:
+        """Import litellm in a worker thread; calls wait for it (`_module`)."""
+        if _loaded is None and self._loading is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the loop (a reload from a thread): the first call loads it
+                return
+            self._loading = loop.run_in_executor(None, _litellm)
+            self._loading.add_done_callback(_loaded_now)
+
+    async def _module(self) -> Any:
+        """litellm, waiting for its import (never importing on the event loop)."""
+        if _loaded is not None:
+            return _loaded
+        if self._loading is None or self._loading.get_loop() is not asyncio.get_running_loop():
+            self._loading = None
+            self.load_in_background()
+        assert self._loading is not None
+        return await asyncio.shield(self._loading)
 
     def _arguments(self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter) -> dict[str, Any]:
         params, own = _CALLS[api.endpoint][1], api.own_fields
@@ -154,14 +180,13 @@ class LiteLLMUpstream:
             args["api_key"] = model.api_key
         return args
 
-    @staticmethod
-    def _call(api: GenerationAdapter) -> Any:
-        return getattr(_litellm(), _CALLS[api.endpoint][0])
+    async def _call(self, api: GenerationAdapter) -> Any:
+        return getattr(await self._module(), _CALLS[api.endpoint][0])
 
     async def complete(
         self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter
     ) -> dict[str, Any]:
-        call = self._call(api)
+        call = await self._call(api)
         try:
             response = await call(**self._arguments(model, body, api))
         except Exception as exc:
@@ -171,7 +196,7 @@ class LiteLLMUpstream:
     async def stream(
         self, model: ModelConfig, body: dict[str, Any], api: GenerationAdapter
     ) -> AsyncIterator[dict[str, Any]]:
-        call = self._call(api)
+        call = await self._call(api)
         args = self._arguments(model, body, api)
         args["stream"] = True
         if api.asks_stream_usage:
@@ -185,7 +210,7 @@ class LiteLLMUpstream:
     async def embed(
         self, model: ModelConfig, inputs: list[Any], params: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
-        litellm = _litellm()
+        litellm = await self._module()
         args: dict[str, Any] = {k: v for k, v in params.items() if k in EMBEDDING_PARAMS}
         extra = {k: v for k, v in params.items() if k not in EMBEDDING_PARAMS}
         if extra:
@@ -221,6 +246,14 @@ class LiteLLMUpstream:
                 yield plain
         except Exception as exc:
             raise translate(exc) from exc
+
+
+def _loaded_now(future: asyncio.Future[Any]) -> None:
+    """On the loop, once litellm is in: keep its millions of objects out of the garbage
+    collector (full passes over them stalled the event loop for ~100 ms)."""
+    if not future.cancelled() and future.exception() is None:
+        gc.collect()
+        gc.freeze()
 
 
 def _finished_empty(chunk: dict[str, Any]) -> bool:

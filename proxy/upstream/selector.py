@@ -11,14 +11,11 @@ from proxy.upstream.direct import DirectUpstream
 from proxy.upstream.litellm_upstream import LiteLLMUpstream
 from proxy.upstream.transport import AiohttpTransport, HttpTransport
 
-# litellm providers whose servers speak the OpenAI API, so they can be called directly.
-OPENAI_COMPATIBLE = ("openai/", "text-completion-openai/")
-
 
 class Upstreams:
-    """Demo models in-process, `passthrough` models straight to their OpenAI-compatible
-    server, the rest through litellm. `transport` carries the direct calls (aiohttp by
-    default; tests inject one their HTTP mock can see)."""
+    """Demo models in-process, OpenAI-compatible servers directly (`route: auto | direct`),
+    the rest through litellm. `transport` carries the direct calls (aiohttp by default;
+    tests inject one their HTTP mock can see)."""
 
     def __init__(
         self,
@@ -33,12 +30,16 @@ class Upstreams:
     def for_model(self, model: ModelConfig, api: Adapter) -> Upstream:
         if model.is_demo:
             return self._demo
-        if api.direct_for_openai_models and model.litellm_model.startswith(OPENAI_COMPATIBLE):
+        if api.direct_for_openai_models and model.speaks_openai:
             # Only OpenAI-compatible servers have the legacy endpoint, and litellm's text
             # completion stream reports a stream cut off mid-way as finished ("stop", with
             # estimated usage), which would cache a truncated answer. Called directly.
             return self._direct
-        return self._direct if model.passthrough else self._litellm
+        return self._litellm if model.via_litellm else self._direct
+
+    def load_litellm(self) -> None:
+        """Start importing litellm in the background (a model routes through it)."""
+        self._litellm.load_in_background()
 
     async def aclose(self) -> None:
         await self._direct.aclose()

@@ -56,6 +56,7 @@ def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -
             {
                 "name": "fake",
                 "litellm_model": "openai/fake-model",
+                "route": "litellm",  # the end-to-end tests drive litellm over real HTTP here
                 "api_base": f"http://127.0.0.1:{upstream_port}/v1",
                 "api_key": "sk-fake-upstream-key",
             },
@@ -63,7 +64,7 @@ def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -
             {
                 "name": "fake-direct",
                 "litellm_model": "openai/fake-model",
-                "passthrough": True,
+                "route": "direct",
                 "api_base": f"http://127.0.0.1:{upstream_port}/v1",
                 "api_key": "sk-fake-upstream-key",
             },

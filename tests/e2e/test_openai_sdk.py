@@ -136,8 +136,8 @@ def test_serve_with_no_redis_configured_uses_the_embedded_server(tmp_path: Path)
     assert "Traceback" not in (tmp_path / "log").read_text()
 
 
-def test_passthrough_model_over_real_http(stack: Stack) -> None:
-    """passthrough: true goes to the OpenAI-compatible server directly (aiohttp, no litellm)."""
+def test_direct_model_over_real_http(stack: Stack) -> None:
+    """route: direct goes to the OpenAI-compatible server directly (aiohttp, no litellm)."""
     client = stack.client()
     messages = [{"role": "user", "content": f"direct {uuid.uuid4()}"}]
     before = stack.upstream_calls()

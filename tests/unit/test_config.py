@@ -122,3 +122,55 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, {})
+
+
+def model_of(**fields: Any) -> Any:
+    return parse_config(minimal(models=[{"name": "m", **fields}]), {}).models[0]
+
+
+@pytest.mark.parametrize(
+    "litellm_model, api_base, route, via_litellm",
+    [
+        ("openai/gpt-4o-mini", None, "auto", False),  # OpenAI itself: direct
+        ("openai/llama-3", "http://vllm:8000/v1", "auto", False),  # vLLM, Ollama's /v1
+        ("text-completion-openai/gpt-3.5-turbo-instruct", None, "auto", False),
+        ("anthropic/claude-3-5-haiku-latest", None, "auto", True),  # needs a translation
+        ("gemini/gemini-2.0-flash", None, "auto", True),
+        ("openai/gpt-4o-mini", None, "litellm", True),  # asked for
+        ("openai/gpt-4o-mini", None, "direct", False),
+        ("demo/echo", None, "auto", False),  # answered in-process
+    ],
+)
+def test_route_auto_is_direct_for_openai_compatible_servers(
+    litellm_model: str, api_base: str | None, route: str, via_litellm: bool
+) -> None:
+    model = model_of(litellm_model=litellm_model, api_base=api_base, route=route)
+    assert model.via_litellm is via_litellm
+
+
+def test_example_config_needs_no_litellm() -> None:
+    config = load_config(REPO / "config.yaml", {})
+    assert not any(m.via_litellm for m in config.models)
+
+
+def test_direct_needs_an_openai_compatible_model() -> None:
+    assert "route: direct needs an OpenAI-compatible" in error_of(
+        minimal(
+            models=[{"name": "m", "litellm_model": "anthropic/claude-3-5-haiku-latest", "route": "direct"}]
+        )
+    )
+
+
+def test_passthrough_is_still_accepted_as_route(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="llmcp.config"):
+        assert model_of(litellm_model="openai/x", api_base="http://h/v1", passthrough=True).route == "direct"
+        assert model_of(litellm_model="openai/x", passthrough=False).route == "auto"
+    assert [r.getMessage() for r in caplog.records] == [
+        "model 'm': `passthrough: true` is deprecated; use `route: direct`",
+        "model 'm': `passthrough: false` is deprecated; use `route: auto`",
+    ]
+    both = minimal(
+        models=[{"name": "m", "litellm_model": "openai/x", "passthrough": True, "route": "direct"}]
+    )
+    assert "passthrough is replaced by route" in error_of(both)
+    assert "route" in error_of(minimal(models=[{"name": "m", "litellm_model": "openai/x", "route": "fast"}]))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 
 import orjson
 import pytest
 
 from proxy.http.access_log import log_request
-from proxy.logs import JsonFormatter, log_config
+from proxy.logs import JsonFormatter, OffLoopHandler, log_config
 from proxy.stats.schema import RequestRecord
 
 
@@ -53,3 +55,67 @@ def test_prompts_are_logged_only_when_asked(caplog: pytest.LogCaptureFixture) ->
     first, second = caplog.records
     assert "secret plan" not in first.getMessage() and not hasattr(first, "prompt")
     assert "secret plan" in second.getMessage() and second.prompt == chatty.prompt  # type: ignore[attr-defined]
+
+
+class WhereFormatted(logging.Formatter):
+    """Prefixes each line with the thread that formats it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{threading.current_thread().name}|{super().format(record)}"
+
+
+def test_records_are_written_off_the_calling_thread_in_order() -> None:
+    stream = io.StringIO()
+    handler = OffLoopHandler(stream)
+    handler.setFormatter(WhereFormatted("%(message)s"))
+    logger = logging.getLogger("llmcp.test.offloop")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(500):
+            logger.warning("line %d %s", i, "x")
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split("|")[1] for line in lines] == [f"line {i} x" for i in range(500)]
+    # Rendered by the writer thread, not the caller's (the event loop's).
+    assert {line.split("|")[0] for line in lines} == {"llmcp-log-writer"}
+
+
+def test_a_mutable_argument_is_rendered_as_it_was_when_logged() -> None:
+    stream = io.StringIO()
+    handler = OffLoopHandler(stream)
+    logger = logging.getLogger("llmcp.test.offloop.mutable")
+    logger.addHandler(handler)
+    logger.propagate = False
+    state = {"n": 1}
+    try:
+        logger.warning("state %s", state)
+        state["n"] = 2
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert stream.getvalue() == "state {'n': 1}\n"
+
+
+def test_close_writes_what_is_queued_and_stops_the_writer() -> None:
+    stream = io.StringIO()
+    handler = OffLoopHandler(stream)
+    for i in range(100):
+        handler.handle(logging.LogRecord("x", logging.INFO, "", 0, "r%d", (i,), None))
+    handler.close()
+    assert stream.getvalue().splitlines() == [f"r{i}" for i in range(100)]
+    assert not handler._thread.is_alive()
+
+
+def test_uvicorns_access_logger_stays_off() -> None:
+    # One line per request, ours: uvicorn's would be a second, costlier one.
+    assert log_config("info", "text")["loggers"]["uvicorn.access"]["level"] == "WARNING"
+    config = log_config("info", "text")
+    # The access line is queued and written by a thread; other records are written at once.
+    assert config["handlers"]["access"]["class"] == "proxy.logs.OffLoopHandler"
+    assert config["loggers"]["llmcp.access"]["handlers"] == ["access"]
+    assert config["handlers"]["main"]["class"] == "logging.StreamHandler"

@@ -55,8 +55,8 @@ class Adapter(ABC):
     # and the values that bypass the cache; and which defaults fold for the key.
     fields: ClassVar[Fields]
     defaults: ClassVar[Defaults]
-    # Legacy completions: OpenAI-compatible servers are called directly even without
-    # `passthrough` (litellm's text-completion stream hides a cut-off stream).
+    # Legacy completions: OpenAI-compatible servers are called directly even with
+    # `route: litellm` (litellm's text-completion stream hides a cut-off stream).
     direct_for_openai_models: ClassVar[bool] = False
 
     @abstractmethod

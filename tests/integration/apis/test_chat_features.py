@@ -13,7 +13,7 @@ from proxy.core.apis.chat import ChatAssembler
 from tests.conftest import UPSTREAM_BASE, auth, openai_completion, provider_mock, sse_events
 
 pytestmark = pytest.mark.anyio
-# A passthrough model relays the provider's chunks untouched: what these tests check is
+# A direct model relays the provider's chunks untouched: what these tests check is
 # the proxy's own keying, assembly and replay (litellm's translation is tested elsewhere).
 DIRECT = [
     {
@@ -21,7 +21,7 @@ DIRECT = [
         "litellm_model": "openai/gpt-4o-mini",
         "api_base": UPSTREAM_BASE,
         "api_key": "sk-upstream-secret",
-        "passthrough": True,
+        "route": "direct",
     },
     {
         "name": "gpt-4o-mini",

@@ -3,7 +3,7 @@
 A provider answers with everything a chat answer can hold (audio, url_citation
 annotations, reasoning, a refusal, a tool call, logprobs, service_tier,
 system_fingerprint, and an unknown field at every level), as JSON and as a stream. On
-both upstream routes (a `passthrough` model goes direct, an `openai/` model without it
+both upstream routes (a `route: direct` model goes direct, a `route: litellm` one
 goes through litellm) and in both directions (cached from a non-stream call, cached from
 a stream), the answer is read back both ways through the official openai SDK and
 compared with the live one, field by field.
@@ -34,13 +34,14 @@ MODELS = [
         "litellm_model": "openai/gpt-4o-audio-preview",
         "api_base": UPSTREAM_BASE,
         "api_key": "sk-upstream-secret",
-        "passthrough": True,
+        "route": "direct",
     },
     {
         "name": "via-litellm",
         "litellm_model": "openai/gpt-4o-audio-preview",
         "api_base": UPSTREAM_BASE,
         "api_key": "sk-upstream-secret",
+        "route": "litellm",
     },
 ]
 ROUTES = ["direct", "via-litellm"]

@@ -22,8 +22,8 @@ RESP = "/v1/responses"
 UPSTREAM = {"litellm_model": "openai/gpt-4o-mini", "api_base": UPSTREAM_BASE, "api_key": "sk-upstream-secret"}
 # The same OpenAI-compatible server, through litellm and directly.
 ROUTES = {
-    "litellm": {"name": "via-litellm", **UPSTREAM},
-    "direct": {"name": "direct", "passthrough": True, **UPSTREAM},
+    "litellm": {"name": "via-litellm", "route": "litellm", **UPSTREAM},
+    "direct": {"name": "direct", "route": "direct", **UPSTREAM},
 }
 
 json_values = st.recursive(

@@ -100,3 +100,20 @@ async def test_request_id_is_echoed_or_made(make_client: Any) -> None:
     assert made.headers["x-request-id"] != "bad id <script>" and len(made.headers["x-request-id"]) == 16
     error = await client.post(CHAT, json={}, headers=auth())
     assert error.status_code == 400 and "x-request-id" in error.headers
+
+
+async def test_every_request_gets_one_access_line(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    client = await make_client()
+    with caplog.at_level(logging.INFO, logger="llmcp.access"):
+        assert (await client.get("/v1/models", headers=auth())).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.post(CHAT, json={}, headers=auth())).status_code == 400
+    lines = [r for r in caplog.records if r.name in ("llmcp.access", "uvicorn.access")]
+    assert [(r.name, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("llmcp.access", "/v1/models", 200),
+        ("llmcp.access", "/healthz", 200),
+        ("llmcp.access", CHAT, 400),
+    ]
+    assert not any("sk-acme-test-key" in r.getMessage() for r in lines)

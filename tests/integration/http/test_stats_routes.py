@@ -10,6 +10,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.testing.transports import HttpxTransport
 from proxy.upstream.demo import DemoUpstream
 from proxy.upstream.selector import Upstreams
 from tests.conftest import (
@@ -66,11 +67,12 @@ TENANTS = [
     },
     {"name": "globex", "api_keys": [TENANT_KEYS["globex"]]},
 ]
-DEMO_ONCE = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0))
 
 
 async def test_counters_after_a_known_mix(make_client: Any, upstream: Any) -> None:
-    client = await make_client(upstreams=DEMO_ONCE, tenants=TENANTS)
+    # A demo answering at once; gpt-4o-mini goes direct, over httpx where respx sees it.
+    fast = Upstreams(5.0, demo=DemoUpstream(latency_s=0.0, chunk_delay_s=0.0), transport=HttpxTransport())
+    client = await make_client(upstreams=fast, tenants=TENANTS)
     await known_mix(client, upstream)
     report = (await client.get("/stats", headers=auth("admin"))).json()
     for window in ("1h", "24h", "7d", "all"):
@@ -169,7 +171,7 @@ async def test_answers_served_but_not_stored_are_counted(make_client: Any, upstr
         "litellm_model": "openai/gpt-4o-mini",
         "api_base": UPSTREAM_BASE,
         "api_key": "sk-upstream-secret",
-        "passthrough": True,
+        "route": "direct",
     }
     client = await make_client(models=[direct])
     upstream.post(URL).mock(

@@ -1,4 +1,4 @@
-"""passthrough: true models go straight to their OpenAI-compatible server (no litellm)."""
+"""route: direct (the default for openai/ models): straight to the OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MODELS = [
         "litellm_model": "openai/gpt-4o-mini",
         "api_base": UPSTREAM_BASE,
         "api_key": "sk-upstream-secret",
-        "passthrough": True,
+        "route": "direct",
     }
 ]
 
@@ -111,15 +111,15 @@ async def test_broken_stream_is_not_cached(make_client: Any) -> None:
     assert second.headers["x-cache"] == "MISS" and route.call_count == 2
 
 
-def test_passthrough_needs_an_openai_compatible_model() -> None:
+def test_direct_needs_an_openai_compatible_model() -> None:
     from proxy.config import parse_config
     from proxy.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="passthrough needs"):
+    with pytest.raises(ConfigError, match="route: direct needs an OpenAI-compatible litellm_model"):
         parse_config(
             {
                 "models": [
-                    {"name": "c", "litellm_model": "anthropic/claude-3-5-haiku-latest", "passthrough": True}
+                    {"name": "c", "litellm_model": "anthropic/claude-3-5-haiku-latest", "route": "direct"}
                 ],
                 "tenants": [{"name": "t", "api_keys": ["sk-12345678"]}],
             },
