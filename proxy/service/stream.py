@@ -67,7 +67,7 @@ class StreamingMiss:
                     raise UpstreamTimeout("The stream ran past server.max_stream_seconds; it was cut off.")
                 assembler.add(chunk)
                 if req.flight is not None:
-                    await stages.flight.append(req.flight, chunk)  # streaming followers read it live
+                    stages.flight.share(req.flight, chunk)  # streaming followers read it live
                 shown = api.encode(chunk, req.include_usage)
                 if shown is not None:
                     yield shown
@@ -125,11 +125,11 @@ class StreamingMiss:
             if waiting is not None:
                 assembler.add(waiting)
                 if req.flight is not None:
-                    await stages.flight.append(req.flight, waiting)
+                    stages.flight.share(req.flight, waiting)
             async for chunk in chunks:
                 assembler.add(chunk)
                 if req.flight is not None:
-                    await stages.flight.append(req.flight, chunk)
+                    stages.flight.share(req.flight, chunk)
             await self._conclude(api, req, assembler)
         except Exception as exc:  # nobody is listening any more: log, cache nothing
             log.warning("finishing a stream after the client left failed (%s); not cached", exc)

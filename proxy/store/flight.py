@@ -7,7 +7,10 @@ leader refreshes its lock while it works, and when it is done releases it and pu
 shared pattern subscription per process (no connection per waiter, no polling); a
 follower that hears nothing checks now and then that the lock still exists, so a crashed
 leader is noticed within `lock_ms`. A streaming leader also appends each chunk to a
-short-lived Redis Stream that streaming followers read live with XREAD BLOCK.
+short-lived Redis Stream that streaming followers read live with XREAD BLOCK. It never
+waits for that in front of its client: `share` queues the chunk and returns; one writer
+task per flight writes what has queued, a batch per round trip, in order, and `finish`
+waits for it before waking the followers.
 
     <prefix>:v1:{<ns>}:flight:<digest>          string, the lock (token), PX lock_ms
     <prefix>:v1:{<ns>}:flight:<digest>:<leader>:chunks   stream of the leader's chunks, TTL
@@ -54,6 +57,8 @@ class Flight:
     chunks_key: str = ""
     channel: str = ""
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
+    _queued: list[bytes] = field(default_factory=list, repr=False)  # chunks not yet written
+    _writer: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 def flight_lock(prefix: str, namespace: str, digest: str) -> str:
@@ -100,25 +105,44 @@ class SingleFlight:
             with contextlib.suppress(StoreUnavailable):
                 await self._gate.run(lambda r: r.pexpire(flight.lock, self._lock_ms))
 
-    async def append(self, flight: Flight, chunk: dict[str, Any]) -> None:
-        """A streaming leader shares one chunk with its streaming followers."""
-        data = orjson.dumps(chunk)
+    def share(self, flight: Flight, chunk: dict[str, Any]) -> None:
+        """A streaming leader shares one chunk with its streaming followers: queued here,
+        written by the flight's writer task (never awaited in front of the client)."""
+        flight._queued.append(orjson.dumps(chunk))
+        if flight._writer is None or flight._writer.done():
+            flight._writer = asyncio.get_running_loop().create_task(self._write_queued(flight))
 
-        async def write(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            pipe.xadd(flight.chunks_key, {"c": data}, maxlen=100_000, approximate=True)
-            # Every time, in the same round trip: if Redis restarted mid-stream, the stream
-            # is created again and must not be left without a TTL should the leader die.
-            pipe.pexpire(flight.chunks_key, self._lock_ms + _STREAM_LINGER_MS)
-            await pipe.execute()
+    async def _write_queued(self, flight: Flight) -> None:
+        """Writes the queued chunks, all that queued meanwhile in one round trip, until none
+        is left; a new chunk starts a new writer. A failed write drops its batch (the
+        followers' read then fails or times out, and they call upstream themselves)."""
+        while flight._queued:
+            batch, flight._queued = flight._queued, []
 
-        with contextlib.suppress(StoreUnavailable):
-            await self._gate.run(write)
+            async def write(r: Any, batch: list[bytes] = batch) -> None:
+                pipe = r.pipeline(transaction=False)
+                for data in batch:
+                    pipe.xadd(flight.chunks_key, {"c": data}, maxlen=100_000, approximate=True)
+                # Every time, in the same round trip: if Redis restarted mid-stream, the
+                # stream is created again and must not be left without a TTL should the
+                # leader die.
+                pipe.pexpire(flight.chunks_key, self._lock_ms + _STREAM_LINGER_MS)
+                await pipe.execute()
+
+            with contextlib.suppress(StoreUnavailable):
+                await self._gate.run(write)
+
+    async def _written(self, flight: Flight) -> None:
+        """Wait until every shared chunk is written (followers must read them all before
+        "done" tells them the answer is complete)."""
+        while flight._writer is not None and not flight._writer.done():
+            await asyncio.shield(flight._writer)
 
     async def finish(self, flight: Flight, ok: bool) -> None:
         """Release the lock and wake the followers ("done": the answer is cached)."""
         if flight._heartbeat is not None:
             flight._heartbeat.cancel()
+        await self._written(flight)
         outcome = "done" if ok else "failed"
         keys = [flight.lock, flight.chunks_key]
         args: list[Any] = [flight.token, flight.channel, outcome, _STREAM_LINGER_MS]

@@ -1,0 +1,62 @@
+"""The streaming leader's chunk sharing, on a real Redis: never in front of the client,
+batched, in order, and all written before the followers hear "done"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from proxy.store.connection import RedisGate, connect
+from proxy.store.flight import SingleFlight
+from tests.conftest import build_config
+
+pytestmark = pytest.mark.anyio
+T = TypeVar("T")
+
+
+class HeldGate(RedisGate):
+    """A gate whose calls wait until the test opens it, and which counts them."""
+
+    def __init__(self, inner: RedisGate) -> None:
+        super().__init__(inner.client, retry_after_ms=0)
+        self.open = asyncio.Event()
+        self.calls = 0
+
+    async def run(self, call: Callable[[Any], Awaitable[T]], timeout_s: float | None = None) -> T:
+        self.calls += 1
+        await self.open.wait()
+        return await super().run(call, timeout_s)
+
+
+async def test_chunks_are_shared_without_waiting_batched_in_order(redis_url: str, key_prefix: str) -> None:
+    config = build_config(key_prefix)
+    gate = RedisGate(connect(redis_url, config.redis), retry_after_ms=0)
+    flights = SingleFlight(gate, config)
+    held = HeldGate(gate)
+    leading = SingleFlight(held, config)
+    held.open.set()
+    leader = await leading.join("acme", "d" * 64, streaming=True)
+    follower = await flights.join("acme", "d" * 64, streaming=True)
+    assert leader.leader and not follower.leader
+    held.open.clear()  # Redis answers nothing from here until the test says so
+    before = held.calls
+
+    # The leader's client is never held up by Redis: sharing returns at once, with Redis stuck.
+    for i in range(20):
+        leading.share(leader, {"i": i})
+    await asyncio.sleep(0)  # the writer task starts and waits on Redis with the first chunk
+    for i in range(20, 50):
+        leading.share(leader, {"i": i})
+
+    held.open.set()
+    await leading.finish(leader, ok=True)
+    got = [chunk["i"] async for chunk in flights.follow_stream(follower, timeout_s=10)]
+    assert got == list(range(50))  # every chunk, in order, before the end mark
+    # Round trips for 50 chunks: the first batch, the rest in one, then the release.
+    assert held.calls - before <= 3
+    await flights.close()
+    await leading.close()
+    await gate.aclose()
