@@ -21,7 +21,7 @@ from proxy.core.cache_controls import CacheControls, CacheStatus, cache_controls
 from proxy.core.validation import parse_json_object
 from proxy.errors import ModelNotFound, StoreUnavailable
 from proxy.service.request import SSE, ProxyRequest, Reply
-from proxy.store.cache import CacheStore, Entry
+from proxy.store.cache import CacheStore, Entry, decode_entry
 from proxy.store.flight import Flight, SingleFlight
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue, is_sampled
@@ -84,15 +84,24 @@ class Stages:
         """Lead (returns None: go upstream) or follow another request's identical miss.
         `recheck` answers from the cache if the answer is there now; `follow` is the
         follower's side (`proxy.service.follower`)."""
+        # When the flight is keyed like the entry (one answer per request), the script looks
+        # at the entry first: a leader that just finished may have stored the answer since
+        # our lookup, and that recheck then costs no round trip of its own.
+        entry_key = req.key if req.flight_digest == req.digest else None
         try:
-            flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream)
+            flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream, entry_key)
         except StoreUnavailable:
             return None
+        if flight.cached is not None:
+            entry = decode_entry(flight.cached)
+            assert isinstance(req.api, GenerationAdapter)
+            return None if entry is None else self.hit_reply(req.api, req, entry)
         if not flight.leader:
             return await follow(req, flight, recheck)
         req.flight = flight
+        if entry_key is not None:
+            return None
         try:
-            # A leader that just finished may have stored the answer since our lookup.
             reply = await recheck()
         except StoreUnavailable:
             return None
@@ -161,7 +170,11 @@ class Stages:
             return False
         prompt, completion = usage or (0, 0)
         review = self.config.review
+        # A leader's flight ends in the same script that stores its answer (one round trip).
+        flight = req.flight if req.flight is not None and req.flight.leader else None
         try:
+            if flight is not None:
+                await self.flight.settle(flight)
             outcome = await self.cache.put(
                 req.key,
                 body,
@@ -170,7 +183,10 @@ class Stages:
                 ttl,
                 req.model.name,
                 orjson.dumps(req.body) if review.keep_prompts else None,
+                self.flight.release_spec(flight) if flight is not None else None,
             )
+            if flight is not None and outcome != "too_large":
+                req.flight = None  # released by the store script
             if outcome == "stored" and is_sampled(req.digest, review.sample_rate):
                 await self.review.sample(self.namespace(req), req.digest, req.api.key_kind)
         except StoreUnavailable:

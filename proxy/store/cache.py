@@ -174,19 +174,24 @@ class CacheStore:
         ttl_seconds: int,
         model: str = "",
         request: bytes | None = None,
+        release: tuple[list[str], list[Any]] | None = None,
     ) -> Stored:
         """Store a complete answer (and, when given, its request beside it, for reviewers)
         in one round trip, unless it is over the size cap or a reviewer pinned the answer
-        this key holds."""
+        this key holds. `release` (`SingleFlight.release_spec`) ends a leader's flight in
+        the same script; it is released only when the script ran ("stored" or "pinned")."""
         if len(body) > self.max_entry_bytes:
             return "too_large"
         now_ms = int(time.time() * 1000)
         value = encode_entry(body, prompt_tokens, completion_tokens, self._compress_min, now_ms, model)
-        # The pin check, SET, the request beside it and the L1 announcement (lua/store.lua).
-        keys, args = [key, sibling_key(key, "rv:item")], [value, ttl_seconds, self._l1_channel]
-        if request is not None:
-            keys.append(sibling_key(key, REQUEST_KIND))
-            args.append(pack_blob(request, self._compress_min))
+        # The pin check, SET, the request beside it, the L1 announcement and the flight's
+        # release (lua/store.lua).
+        kept = pack_blob(request, self._compress_min) if request is not None else b""
+        keys = [key, sibling_key(key, "rv:item"), sibling_key(key, REQUEST_KIND)]
+        args: list[Any] = [value, ttl_seconds, self._l1_channel, kept]
+        if release is not None:
+            keys += release[0]
+            args += release[1]
         done = await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
         return "stored" if done == 1 else "pinned"
 

@@ -12,9 +12,13 @@ waits for that in front of its client: `share` queues the chunk and returns; one
 task per flight writes what has queued, a batch per round trip, in order, and `finish`
 waits for it before waking the followers.
 
-    <prefix>:v1:{<ns>}:flight:<digest>          string, the lock (token), PX lock_ms
-    <prefix>:v1:{<ns>}:flight:<digest>:<leader>:chunks   stream of the leader's chunks, TTL
-    channel <prefix>:v1:{<ns>}:flight:<digest>  "done" | "failed"
+    <prefix>:v1:<ns>:flight:{<digest>}          string, the lock (token), PX lock_ms
+    <prefix>:v1:<ns>:flight:{<digest>}:<leader>:chunks   stream of the leader's chunks, TTL
+    channel <prefix>:v1:<ns>:flight:{<digest>}  "done" | "failed"
+
+The lock shares the cache entry's `{<digest>}` hash tag, so one script can look at the
+entry and take the lock (`join` with the entry's key: the recheck of a request that just
+missed costs no round trip of its own) on Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -56,13 +60,14 @@ class Flight:
     streaming_leader: bool
     chunks_key: str = ""
     channel: str = ""
+    cached: bytes | None = None  # the entry, found by join: no flight at all
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
     _queued: list[bytes] = field(default_factory=list, repr=False)  # chunks not yet written
     _writer: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 def flight_lock(prefix: str, namespace: str, digest: str) -> str:
-    return f"{prefix}:{KEY_VERSION}:{{{namespace}}}:flight:{digest}"
+    return f"{prefix}:{KEY_VERSION}:{namespace}:flight:{{{digest}}}"
 
 
 class SingleFlight:
@@ -83,13 +88,20 @@ class SingleFlight:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
 
-    async def join(self, namespace: str, digest: str, streaming: bool) -> Flight:
-        """Become the leader, or learn that another request already is."""
+    async def join(
+        self, namespace: str, digest: str, streaming: bool, entry_key: str | None = None
+    ) -> Flight:
+        """Become the leader, or learn that another request already is. With `entry_key`
+        (the cache entry of this digest), the entry is looked at first, in the same
+        script: when it is there now, `Flight.cached` holds it and nobody leads."""
         lock = flight_lock(self._prefix, namespace, digest)
         token = f"{secrets.token_hex(8)}:{'s' if streaming else 'n'}"
+        keys = [lock] if entry_key is None else [lock, entry_key]
         won, holder = await self._gate.run(
-            lambda r: self._acquire(keys=[lock], args=[token, self._lock_ms], client=r)
+            lambda r: self._acquire(keys=keys, args=[token, self._lock_ms], client=r)
         )
+        if won == 2:
+            return Flight(lock, "", False, False, cached=holder if isinstance(holder, bytes) else None)
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
         # The chunk stream is the leader's own: after Redis lost the lock (a restart), a second
         # leader of the same request must not write into the first one's stream.
@@ -138,11 +150,20 @@ class SingleFlight:
         while flight._writer is not None and not flight._writer.done():
             await asyncio.shield(flight._writer)
 
-    async def finish(self, flight: Flight, ok: bool) -> None:
-        """Release the lock and wake the followers ("done": the answer is cached)."""
+    async def settle(self, flight: Flight) -> None:
+        """Before a release: the heartbeat stops, every shared chunk is written."""
         if flight._heartbeat is not None:
             flight._heartbeat.cancel()
         await self._written(flight)
+
+    def release_spec(self, flight: Flight) -> tuple[list[str], list[Any]]:
+        """The keys and arguments with which lua/store.lua releases this flight along with
+        the answer it stores (call `settle` first)."""
+        return [flight.lock, flight.chunks_key], [flight.token, flight.channel, _STREAM_LINGER_MS]
+
+    async def finish(self, flight: Flight, ok: bool) -> None:
+        """Release the lock and wake the followers ("done": the answer is cached)."""
+        await self.settle(flight)
         outcome = "done" if ok else "failed"
         keys = [flight.lock, flight.chunks_key]
         args: list[Any] = [flight.token, flight.channel, outcome, _STREAM_LINGER_MS]

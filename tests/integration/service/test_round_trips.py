@@ -1,0 +1,53 @@
+"""How many Redis round trips a request makes, counted at the one gate every Redis call
+goes through: a hit one, a miss (non-stream or stream) three."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import UPSTREAM_BASE, auth, openai_completion, openai_sse, provider_mock
+
+pytestmark = pytest.mark.anyio
+CHAT = "/v1/chat/completions"
+
+
+def count_round_trips(client: httpx.AsyncClient) -> list[str]:
+    """Every call through the app's RedisGate, by the name of the function that made it."""
+    gate = client._transport.app.state.runtime.gate  # type: ignore[attr-defined]
+    calls: list[str] = []
+    run = gate.run
+
+    async def counted(call: Callable[[Any], Awaitable[Any]], timeout_s: float | None = None) -> Any:
+        calls.append(call.__qualname__)
+        return await run(call, timeout_s)
+
+    gate.run = counted
+    return calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_miss_makes_three_round_trips_and_a_hit_one(make_client: Any, stream: bool) -> None:
+    client = await make_client()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"count {stream}"}]}
+    with provider_mock() as mock:
+        if stream:
+            sse = openai_sse(["a", "b", "c"])
+            reply = httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        else:
+            reply = httpx.Response(200, json=openai_completion("counted"))
+        mock.post(f"{UPSTREAM_BASE}/chat/completions").mock(return_value=reply)
+        calls = count_round_trips(client)
+        miss = await client.post(CHAT, json={**body, "stream": stream}, headers=auth())
+        assert miss.headers["x-cache"] == "MISS"
+        # The lookup; the flight lock taken in the same script that looks again; the answer
+        # stored in the same script that releases the flight. Chunks shared with followers
+        # are written off the client's path (none here before the first).
+        sequential = [c for c in calls if "write_queued" not in c]
+        assert len(sequential) == 3, calls
+        calls.clear()
+        hit = await client.post(CHAT, json={**body, "stream": stream}, headers=auth())
+        assert hit.headers["x-cache"] == "HIT" and len(calls) == 1, calls
