@@ -55,6 +55,9 @@ class OffLoopHandler(logging.Handler):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
+        # Every record would otherwise ask for its thread, process and multiprocessing
+        # names (system calls, on every request here); no format of ours shows them.
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         self._stream = stream if stream is not None else sys.stderr
         self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="llmcp-log-writer", daemon=True)

@@ -195,10 +195,11 @@ def keyed(fields: Fields, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def bypass_reason(fields: Fields, body: Mapping[str, Any]) -> str | None:
-    """The first field whose value needs server-side state, if any."""
-    for name, rule in fields.items():
-        value = body.get(name)
-        if rule.bypass is not None and value is not None and rule.bypass(value):
+    """A field whose value needs server-side state, if any (the body's few fields are
+    walked, not the table's many: this runs on every request, hits included)."""
+    for name, value in body.items():
+        rule = fields.get(name)
+        if rule is not None and rule.bypass is not None and value is not None and rule.bypass(value):
             return name
     return None
 

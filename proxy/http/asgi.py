@@ -11,6 +11,7 @@ every one goes through the same pipeline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -126,11 +127,17 @@ def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str,
     log_request(record, request_id, path, status)
 
 
+# Fresh request ids: unique, not secret, so a random per-process prefix and a counter
+# (os.urandom per request cost ~35 us here, a quarter of an in-process hit).
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(given: str | None) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
     if given and len(given) <= 128 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
         return given
-    return os.urandom(8).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
