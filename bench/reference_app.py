@@ -4,7 +4,11 @@ A raw ASGI app (no framework) that reads the body, hashes it and does one redis.
 GET, answering the stored bytes. The benchmark reports the proxy's throughput as a ratio
 of this app's, measured side by side in the same run.
 
-    python -m bench.reference_app --port 9200 --redis-url redis://127.0.0.1:6379/0 [--key K]
+With `--store dict` it is the yardstick for the proxy's in-process L1: a plain dict in
+front of Redis (a key not in the dict is read from Redis once, then kept), so a hot key
+costs a hash and a dict lookup, no round trip.
+
+    python -m bench.reference_app --port 9200 --redis-url redis://127.0.0.1:6379/0 [--store dict]
 """
 
 from __future__ import annotations
@@ -16,8 +20,20 @@ from typing import Any
 import redis.asyncio as aioredis
 
 
-def build(redis_url: str, prefix: str) -> Any:
+def build(redis_url: str, prefix: str, store: str = "redis") -> Any:
     client = aioredis.Redis.from_url(redis_url)
+    local: dict[str, bytes] | None = {} if store == "dict" else None
+
+    async def lookup(key: str) -> Any:
+        if local is None:
+            return await client.get(key)
+        value = local.get(key)
+        if value is not None:
+            return value
+        fetched = await client.get(key)
+        if isinstance(fetched, bytes):
+            local[key] = fetched
+        return fetched
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -32,7 +48,7 @@ def build(redis_url: str, prefix: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        value = await client.get(f"{prefix}:{hashlib.sha256(body).hexdigest()}")
+        value = await lookup(f"{prefix}:{hashlib.sha256(body).hexdigest()}")
         status, payload = (200, value) if value is not None else (404, b'{"error":"miss"}')
         await send(
             {
@@ -55,11 +71,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", default="llmcpbench:ref")
+    parser.add_argument(
+        "--store",
+        choices=("redis", "dict"),
+        default="redis",
+        help="dict: an in-process dict in front of Redis",
+    )
     args = parser.parse_args()
     import uvicorn
 
     uvicorn.run(
-        build(args.redis_url, args.prefix),
+        build(args.redis_url, args.prefix, args.store),
         host=args.host,
         port=args.port,
         loop="uvloop",

