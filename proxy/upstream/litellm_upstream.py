@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -120,6 +121,7 @@ def _litellm() -> Any:
 
         litellm.suppress_debug_info = True
         litellm.telemetry = False
+        _own_logs()
         _loaded = litellm
     return _loaded
 
@@ -246,6 +248,19 @@ class LiteLLMUpstream:
                 yield plain
         except Exception as exc:
             raise translate(exc) from exc
+
+
+def _own_logs() -> None:
+    """litellm's loggers write through ours (one format: `log_format: json` stays one JSON
+    object per line), not its own stderr handlers; its per-call INFO lines ("LiteLLM
+    completion() model= ...") only at DEBUG."""
+    chatty = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        if chatty:
+            logger.setLevel(logging.WARNING)
 
 
 def _loaded_now(future: asyncio.Future[Any]) -> None:
