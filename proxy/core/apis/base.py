@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
+from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
 from proxy.config import ModelConfig
@@ -63,9 +64,10 @@ class Adapter(ABC):
     def check(self, body: dict[str, Any]) -> None:
         """Raise InvalidRequest (with `param`) unless the body is a plausible request."""
 
-    @property
+    @cached_property
     def own_fields(self) -> frozenset[str]:
-        """Fields of the client's body the proxy handles itself and never forwards."""
+        """Fields of the client's body the proxy handles itself and never forwards (read on
+        every miss: computed once)."""
         return own_fields(self.fields)
 
     def uncacheable(self, body: dict[str, Any]) -> bool:
