@@ -244,6 +244,13 @@ class TenantConfig(_Strict):
     cache_ttl_seconds: int | None = Field(None, ge=1)
     limits: TenantLimits | None = None
     limit_cache_hits: bool = False
+    # Record and replay (README "Use it in CI"): `record` caches as `normal` but keeps every
+    # request beside its answer and writes entries with `record_ttl_seconds`; `replay` never
+    # calls the provider: a miss is a 404 (`no_recorded_answer`) naming the nearest recorded
+    # request, and rate limits do not apply.
+    cache_mode: Literal["normal", "record", "replay"] = "normal"
+    # The one long-lived entry kind (still with a TTL): not capped by cache.max_ttl_seconds.
+    record_ttl_seconds: int = Field(30 * 24 * 3600, ge=1, le=366 * 24 * 3600)
 
     @field_validator("api_keys")
     @classmethod

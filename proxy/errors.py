@@ -12,6 +12,7 @@ Domain code raises these; nothing else reaches a client.
     ├── AuthenticationFailed        401   code=invalid_api_key
     ├── PermissionDenied            403   code=permission_denied
     ├── RouteNotFound               404   code=not_found
+    ├── NoRecordedAnswer            404   code=no_recorded_answer (replay mode: a miss)
     ├── MethodNotAllowed            405   code=method_not_allowed
     ├── HeadersTooLarge             431   code=request_headers_too_large
     ├── Conflict                    409   code=conflict (e.g. a review item decided already)
@@ -111,6 +112,14 @@ class RouteNotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class NoRecordedAnswer(ProxyError):
+    """Replay mode (`cache_mode: replay`) has no recorded answer and never calls the provider."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "no_recorded_answer"
 
 
 class MethodNotAllowed(ProxyError):

@@ -148,22 +148,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             if t.limits.tokens_per_minute:
                 parts.append(f"{t.limits.tokens_per_minute} tok/min")
             limits = ", ".join(parts) or "per-model/per-user only"
-        print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}")
+        mode = "" if t.cache_mode == "normal" else f", {t.cache_mode} mode"
+        print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}{mode}")
     return 0
 
 
-def _tool(name: str) -> Any:
-    """Run a cli_tools command with the loaded config (imported only when used)."""
+def _tool(name: str, module: str = "tools") -> Any:
+    """Run a command of `proxy.cli.<module>` with the loaded config (imported only when used)."""
 
     def run(args: argparse.Namespace) -> int:
         config = _load(args.config)
         if config is None:
             return 1
-        from proxy.cli import review as cli_review
-        from proxy.cli import tools as cli_tools
+        import importlib
 
-        module = cli_review if name == "cmd_review" else cli_tools
-        return int(getattr(module, name)(config, args))
+        chosen = "review" if name == "cmd_review" else module
+        return int(getattr(importlib.import_module(f"proxy.cli.{chosen}"), name)(config, args))
 
     return run
 
@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli.review import add_parser as add_review
 
     add_review(sub, _tool)
+    from proxy.cli.fixtures import add_parsers as add_fixtures
+
+    add_fixtures(sub, _tool)
     return parser
 
 

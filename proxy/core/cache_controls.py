@@ -34,6 +34,9 @@ class CacheControls:
     lookup: bool
     store: bool
     ttl: int
+    # Keep the request beside the stored answer even without `review.keep_prompts`: a
+    # tenant in `cache_mode: record` (its answers become fixtures, which need the request).
+    keep_request: bool = False
 
 
 def cache_controls(
@@ -41,9 +44,17 @@ def cache_controls(
 ) -> CacheControls:
     """`Cache-Control: no-cache` skips the lookup, `no-store` skips the write; X-Cache-TTL
     sets the TTL (capped by cache.max_ttl_seconds; 0 means do not store). The same rules
-    for every endpoint."""
+    for every endpoint.
+
+    A tenant in `cache_mode: record` stores with its `record_ttl_seconds` (X-Cache-TTL
+    still applies, capped by it) and keeps every request; one in `replay` always looks up
+    (`no-cache` would send the request upstream, which replay never does) and never
+    stores."""
     directives = {d.strip().lower() for d in (meta.cache_control or "").split(",")}
+    record = tenant.cache_mode == "record"
     ttl = tenant.cache_ttl_seconds or model.cache_ttl_seconds or config.cache.ttl_seconds
+    if record:
+        ttl = tenant.record_ttl_seconds
     if meta.cache_ttl is not None:
         try:
             ttl = int(meta.cache_ttl)
@@ -54,9 +65,12 @@ def cache_controls(
                 "X-Cache-TTL must be a whole number of seconds (0 = do not store).",
                 param="X-Cache-TTL",
             )
-    ttl = min(ttl, config.cache.max_ttl_seconds)
+    ttl = min(ttl, tenant.record_ttl_seconds if record else config.cache.max_ttl_seconds)
+    if tenant.cache_mode == "replay":
+        return CacheControls(lookup=True, store=False, ttl=ttl)
     return CacheControls(
         lookup="no-cache" not in directives,
         store="no-store" not in directives and ttl > 0,
         ttl=ttl,
+        keep_request=record,
     )

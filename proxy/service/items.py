@@ -22,6 +22,7 @@ from proxy.core.apis.embeddings import (
 from proxy.core.keys import cache_key
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
+from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.stages import Stages
 
@@ -30,6 +31,7 @@ class ItemFlow:
     def __init__(self, stages: Stages, follower: Follower) -> None:
         self._stages = stages
         self._follower = follower
+        self._replay = Replay(stages)
 
     async def answer(self, api: EmbeddingsAdapter, req: ProxyRequest) -> Reply:
         stages = self._stages
@@ -53,6 +55,8 @@ class ItemFlow:
         req.item_hits = (len(keys) - len(missing), len(keys))
         if not missing:
             return self._hit(api, req, parsed, found, saved)
+        if req.tenant.cache_mode == "replay":  # record & replay: a miss never goes upstream (no limits)
+            raise await self._replay.items_miss(api, req, parsed, missing)
 
         async def recheck() -> Reply | None:
             """Items the leader stored since our lookup; the answer once all are there."""
@@ -141,6 +145,9 @@ class ItemFlow:
                     found[i] = value
                 if req.controls.store:
                     stored = await self._store([keys[i] for i in part], packed, req.controls.ttl) and stored
+                    if req.controls.keep_request:  # record mode: each item's request beside it (fixtures)
+                        items = [parsed.items[i] for i in part]
+                        await self._replay.keep_items(req, [keys[i] for i in part], items, parsed.keyed)
         except BaseException:
             stages.limiter.settle(req.reservation, used)
             raise

@@ -19,6 +19,7 @@ from proxy.core.keys import cache_key
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
 from proxy.service.items import ItemFlow
+from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.stages import Stages
 from proxy.service.stream import StreamingMiss
@@ -32,6 +33,7 @@ class Pipeline:
         self._follower = Follower(stages)
         self._streaming = StreamingMiss(stages)
         self._items = ItemFlow(stages, self._follower)
+        self._replay = Replay(stages)
 
     async def answer(self, api: Adapter, req: ProxyRequest, raw: bytes) -> Reply:
         """Answer one request; `req` records what happened (headers and stats read it)."""
@@ -55,10 +57,12 @@ class Pipeline:
                 entry = None
                 req.record.redis_error = True
             if entry is not None:
-                if req.tenant.limit_cache_hits:
+                if req.tenant.limit_cache_hits and req.tenant.cache_mode != "replay":
                     used = entry.prompt_tokens + entry.completion_tokens
                     await stages.limit(req, lambda: used, settle=False)
                 return stages.hit_reply(api, req, entry)
+        if req.tenant.cache_mode == "replay":  # record & replay: a miss never goes upstream (no limits)
+            raise await self._replay.miss(api, req)
 
         async def recheck() -> Reply | None:
             entry = await stages.cache.get(req.key)

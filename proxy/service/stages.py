@@ -182,7 +182,7 @@ class Stages:
                 completion,
                 ttl,
                 req.model.name,
-                orjson.dumps(req.body) if review.keep_prompts else None,
+                orjson.dumps(req.body) if review.keep_prompts or req.controls.keep_request else None,
                 self.flight.release_spec(flight) if flight is not None else None,
             )
             if flight is not None and outcome != "too_large":

@@ -36,7 +36,7 @@ async def purge(
         # The requests kept beside answers go with them; embeddings record no model.
         kinds = list(ANSWER_KINDS) if model is not None else [*ANSWER_KINDS, REQUEST_KIND, *ITEM_KINDS]
         for kind in kinds:
-            async for keys in _key_pages(gate, cache_pattern(prefix, namespace, kind)):
+            async for keys in key_pages(gate, cache_pattern(prefix, namespace, kind)):
                 scanned += len(keys)
                 if model is not None and keys:
                     keys = await _of_model(gate, keys, model)
@@ -51,20 +51,24 @@ async def purge(
                 if progress is not None:
                     progress(scanned, removed)
         # Every replica's L1 drops this namespace's answers too (of every kind).
-        await _announce_purge(gate, prefix, f"{prefix}:{KEY_VERSION}:{namespace}:")
+        await announce_purge(gate, prefix, f"{prefix}:{KEY_VERSION}:{namespace}:")
     return removed
 
 
-async def _announce_purge(gate: RedisGate, prefix: str, namespace_prefix: str) -> None:
+async def announce_purge(gate: RedisGate, prefix: str, namespace_prefix: str) -> None:
     async def publish(r: Any) -> None:
         await r.publish(l1_channel(prefix), f"p {namespace_prefix}")
 
     await gate.run(publish)
 
 
-async def _key_pages(gate: RedisGate, pattern: str) -> AsyncIterator[list[bytes]]:
+async def key_pages(gate: RedisGate, pattern: str) -> AsyncIterator[list[bytes]]:
     """The keys matching `pattern`, a SCAN page at a time, on every primary of a cluster."""
-    nodes = gate.client.get_primaries() if is_cluster(gate.client) else [None]  # type: ignore[attr-defined]
+    nodes: list[Any] = [None]
+    if is_cluster(gate.client):
+        # A client that has sent nothing yet does not know the nodes: ask (once; then a no-op).
+        await gate.run(lambda r: r.initialize())
+        nodes = gate.client.get_primaries()  # type: ignore[attr-defined]
     for node in nodes:
         cursor = 0
         while True:

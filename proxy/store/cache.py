@@ -143,6 +143,11 @@ class CacheStore:
         self._l1_channel = l1_channel
         self._store = script(gate.client, "store.lua")
 
+    @property
+    def gate(self) -> RedisGate:
+        """The Redis connection behind the cache (record and replay read and write beside it)."""
+        return self._gate
+
     async def get(self, key: str) -> Entry | None:
         """At most one round trip (none on an L1 hit). Raises StoreUnavailable when Redis fails."""
         l1 = self._l1

@@ -174,3 +174,17 @@ def test_passthrough_is_still_accepted_as_route(caplog: pytest.LogCaptureFixture
     )
     assert "passthrough is replaced by route" in error_of(both)
     assert "route" in error_of(minimal(models=[{"name": "m", "litellm_model": "openai/x", "route": "fast"}]))
+
+
+def test_cache_mode_and_record_ttl() -> None:
+    raw = minimal()
+    assert parse_config(raw, {}).tenants[0].cache_mode == "normal"
+    raw["tenants"][0] |= {"cache_mode": "replay", "record_ttl_seconds": 90 * 24 * 3600}
+    tenant = parse_config(raw, {}).tenants[0]
+    assert (tenant.cache_mode, tenant.record_ttl_seconds) == ("replay", 90 * 24 * 3600)
+    raw["tenants"][0]["cache_mode"] = "playback"
+    assert error_of(raw).startswith(
+        "config: tenants[0].cache_mode: Input should be 'normal', 'record' or 'replay'"
+    )
+    raw["tenants"][0] |= {"cache_mode": "record", "record_ttl_seconds": 0}
+    assert "tenants[0].record_ttl_seconds" in error_of(raw)

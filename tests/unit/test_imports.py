@@ -15,6 +15,8 @@ import pytest
         "proxy.http.app",
         "proxy.cli.main",
         "proxy.cli.tools",
+        "proxy.cli.fixtures",
+        "proxy.cli.run",
         "proxy.service.pipeline",
         "proxy.http.routes.stats",
         "proxy.upstream.litellm_upstream",
@@ -28,7 +30,7 @@ def test_no_litellm_at_import(modules: str) -> None:
 def test_only_routes_and_app_import_fastapi() -> None:
     code = (
         "import sys, proxy.service.pipeline, proxy.store.cache, proxy.store.ratelimit, "
-        "proxy.stats.recorder, proxy.cli.tools; "
+        "proxy.stats.recorder, proxy.cli.tools, proxy.cli.fixtures, proxy.cli.run; "
         "sys.exit('fastapi' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

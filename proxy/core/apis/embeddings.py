@@ -120,6 +120,11 @@ def unpack_vector(raw: bytes) -> tuple[bytes, int] | None:
     return raw[_HEADER.size :], tokens
 
 
+def stored_at_of(raw: bytes) -> int:
+    """When an item's value (`pack_vector`) was stored, unix ms (0 for an unreadable value)."""
+    return int(_HEADER.unpack_from(raw)[1]) if len(raw) >= _HEADER.size else 0
+
+
 def floats_of(le_bytes: bytes) -> list[float]:
     floats = array.array("f")
     floats.frombytes(le_bytes)
