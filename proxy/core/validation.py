@@ -16,6 +16,12 @@ import orjson
 from proxy.core.schemas import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, EmbeddingItem, RequestTable
 from proxy.errors import InvalidRequest, MalformedJSON
 
+# Arrays and objects nest at most this deep in any request body (a chat request with tool
+# schemas needs a dozen or so). Deeper bodies get a 400 before anything walks them: the
+# key builder's recursion and orjson's own limits (255 to write, 1024 to read) would
+# otherwise fail in the middle of a request.
+MAX_NESTING = 64
+
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a dict, or a 400 that says what is wrong with it."""
@@ -24,10 +30,34 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson's own limit, far past ours
+            raise _too_deep() from None
         raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedJSON("The request body must be a JSON object.")
+    # Counting brackets is a C loop; only a body with more of them than the limit is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _deeper_than(body, MAX_NESTING):
+        raise _too_deep()
     return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (iterative: no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body nests arrays and objects more than {MAX_NESTING} levels deep.",
+        code="nesting_too_deep",
+    )
 
 
 def check_request(table: RequestTable, body: dict[str, Any]) -> dict[str, Any]:

@@ -117,3 +117,19 @@ async def test_every_request_gets_one_access_line(make_client: Any, caplog: pyte
         ("llmcp.access", CHAT, 400),
     ]
     assert not any("sk-acme-test-key" in r.getMessage() for r in lines)
+
+
+@pytest.mark.parametrize("depth", [100, 260, 1000, 100_000])
+async def test_deep_nesting_is_a_400_on_every_endpoint(make_client: Any, depth: int) -> None:
+    client = await make_client()
+    deep = "[" * depth + "1" + "]" * depth
+    bodies = {
+        CHAT: '{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "x": %s}',
+        "/v1/completions": '{"model": "demo", "prompt": "hi", "x": %s}',
+        "/v1/responses": '{"model": "demo", "input": "hi", "x": %s}',
+        "/v1/embeddings": '{"model": "demo", "input": "hi", "x": %s}',
+        "/v1/cache/flags": '{"key": "k", "reason": %s}',
+    }
+    for path, template in bodies.items():
+        response = await client.post(path, content=(template % deep).encode(), headers=auth())
+        assert_error(response, 400, "nesting_too_deep")

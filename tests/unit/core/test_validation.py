@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.core.validation import check_chat, parse_json_object
+from proxy.core.validation import MAX_NESTING, check_chat, parse_json_object
 from proxy.errors import InvalidRequest, MalformedJSON
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -79,3 +79,24 @@ def test_valid_bodies_pass() -> None:
             ],
         }
     )
+
+
+def nested(depth: int) -> bytes:
+    """A chat body whose `x` field holds arrays `depth - 1` levels deep (the body is level 1)."""
+    inner = "[" * (depth - 1) + "1" + "]" * (depth - 1)
+    return b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "x": ' + inner.encode() + b"}"
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 254, 260, 1000, 1025, 100_000])
+def test_nesting_past_the_limit_is_a_400_naming_it(depth: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_json_object(nested(depth))
+    assert info.value.code == "nesting_too_deep" and str(MAX_NESTING) in info.value.message
+
+
+def test_nesting_up_to_the_limit_passes_however_many_brackets() -> None:
+    assert parse_json_object(nested(MAX_NESTING))["x"]
+    wide = b'{"x": [' + b",".join([b"[[1]]"] * 500) + b"]}"  # 1,501 brackets, 4 levels
+    assert len(parse_json_object(wide)["x"]) == 500
+    deep_in_objects = b'{"a": ' * (MAX_NESTING - 1) + b"1" + b"}" * (MAX_NESTING - 1)
+    assert parse_json_object(b'{"b": ' + deep_in_objects + b"}")["b"]
