@@ -39,6 +39,10 @@ class StoreUnavailable(Exception):
     """Redis could not be used for this call; the caller degrades instead of failing."""
 
 
+# Error messages name the offending value; past this many characters it is cut short.
+MAX_MESSAGE = 2000
+
+
 class ProxyError(Exception):
     """Base of every error the proxy answers with."""
 
@@ -55,6 +59,8 @@ class ProxyError(Exception):
         status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE:  # a value echoed back (a 1 MiB model name) is cut short
+            message = message[: MAX_MESSAGE - 1] + "…"
         super().__init__(message)
         self.message = message
         self.param = param

@@ -19,9 +19,10 @@ from typing import Any
 from proxy.core.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.core.apis.base import Adapter
 from proxy.core.cache_controls import RequestMeta
-from proxy.errors import BodyTooLarge, HeadersTooLarge, InvalidRequest, MethodNotAllowed
+from proxy.errors import HeadersTooLarge, InvalidRequest, MethodNotAllowed, ProxyError
 from proxy.http.access_log import log_request, logged_send
 from proxy.http.auth import authenticate_tenant
+from proxy.http.body import read_body
 from proxy.http.errors import error_parts
 from proxy.http.headers import Headers, response_headers
 from proxy.service.request import ProxyRequest, Reply
@@ -64,7 +65,11 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not self._headers_fit(scope):
-            return await self._refuse(scope, send)
+            return await self._refuse(scope, send, self._too_large())
+        if scope["type"] == "http" and _authorizations(scope["headers"]) > 1:
+            # Which one would count? /v1/* read the last, the other routes the first.
+            error = InvalidRequest("The request has more than one Authorization header; send one.")
+            return await self._refuse(scope, send, error)
         api = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if api is None:
             if scope["type"] == "http":
@@ -81,7 +86,7 @@ class FastPath:
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
             tenant = authenticate_tenant(runtime.config, headers.get("authorization"))
             record.tenant = tenant.name
-            raw = await _read_body(
+            raw = await read_body(
                 receive, headers.get("content-length"), runtime.config.server.max_body_bytes
             )
             if runtime.config.server.log_prompts:  # off by default: prompts are the users' data
@@ -115,11 +120,17 @@ class FastPath:
             return True
         return sum(len(k) + len(v) for k, v in scope["headers"]) <= runtime.config.server.max_header_bytes
 
-    async def _refuse(self, scope: Scope, send: Any) -> None:
+    def _too_large(self) -> HeadersTooLarge:
         limit = self.inner.state.runtime.config.server.max_header_bytes
-        error = HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
+        return HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
+
+    async def _refuse(self, scope: Scope, send: Any, error: ProxyError) -> None:
         status, headers, body = error_parts(error)
         await _send_whole(send, status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], body)
+
+
+def _authorizations(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(1 for name, _ in headers if name == b"authorization")
 
 
 def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:
@@ -138,30 +149,6 @@ def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
         return given
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
-    """The body, refusing (413) past `limit` bytes without buffering the excess."""
-    if declared is not None:
-        try:
-            too_big = int(declared) > limit
-        except ValueError:
-            raise InvalidRequest("Invalid Content-Length header.") from None
-        if too_big:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body"):
-        return body  # the common case: one message
-    parts, size = [body], len(body)
-    while message.get("more_body"):
-        message = await receive()
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-        parts.append(part)
-    return b"".join(parts)
 
 
 async def _send_whole(

@@ -21,7 +21,7 @@ from proxy.core.keys import digest_in
 from proxy.core.validation import parse_json_object
 from proxy.errors import Conflict, InvalidRequest, PermissionDenied, RouteNotFound
 from proxy.http.auth import authenticate_tenant, bearer_token, is_admin
-from proxy.http.routes import json_response, runtime_of
+from proxy.http.routes import bounded_body, json_response, runtime_of
 from proxy.store.review import DECISIONS
 
 router = APIRouter()
@@ -97,7 +97,7 @@ def _reason(value: Any) -> str:
 async def flag(request: Request) -> Response:
     runtime = runtime_of(request)
     caller = Caller(runtime.config, request.headers.get("authorization"))
-    body = parse_json_object(await request.body())
+    body = parse_json_object(await bounded_body(request))
     digest = _digest(body.get("key"))
     reason = _reason(body.get("reason"))
     namespace = caller.namespace_to_flag(body.get("tenant"))
@@ -164,7 +164,7 @@ async def decide(request: Request, digest: str) -> Response:
     runtime = runtime_of(request)
     config = runtime.config
     caller = Caller(config, request.headers.get("authorization"))
-    body = parse_json_object(await request.body())
+    body = parse_json_object(await bounded_body(request))
     key = _digest(digest)
     decision = body.get("decision")
     if decision not in DECISIONS:

@@ -68,6 +68,32 @@ async def test_body_size_limit(make_client: Any) -> None:
             yield b"x" * 1000
 
     assert_error(await client.post(CHAT, content=chunked(), headers=auth()), 413, "request_too_large")
+    # The other routes that read a body hold to the same limit, declared or streamed.
+    for path in ("/v1/cache/flags", f"/admin/review/{'0' * 64}/decision"):
+        big_flag = {"key": "0" * 64, "reason": "x" * 4000}
+        assert_error(await client.post(path, json=big_flag, headers=auth()), 413, "request_too_large")
+        assert_error(await client.post(path, content=chunked(), headers=auth()), 413, "request_too_large")
+
+
+async def test_more_than_one_authorization_header_is_refused_everywhere(make_client: Any) -> None:
+    client = await make_client()
+    tenant, admin = auth()["Authorization"], auth("admin")["Authorization"]
+    routes = (("POST", CHAT), ("GET", "/stats"), ("GET", "/v1/models"), ("POST", "/v1/cache/flags"))
+    for method, path in routes:
+        for pair in ((tenant, admin), (admin, tenant), (tenant, tenant)):
+            headers = [("authorization", pair[0]), ("authorization", pair[1])]
+            response = await client.request(method, path, headers=headers, json={})
+            assert_error(response, 400)
+            assert "more than one Authorization header" in response.json()["error"]["message"]
+
+
+async def test_echoed_values_are_cut_short(make_client: Any) -> None:
+    client = await make_client()
+    body = {"model": "m" * (1 << 20), "messages": [{"role": "user", "content": "hi"}]}
+    response = await client.post(CHAT, json=body, headers=auth())
+    assert response.status_code in (400, 404)
+    assert len(response.json()["error"]["message"]) <= 2000
+    assert len(response.content) < 3000
 
 
 async def test_routing_errors(make_client: Any) -> None:
