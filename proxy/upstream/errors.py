@@ -34,6 +34,7 @@ module imports none of them, least of all litellm (seconds to import).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -42,6 +43,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
+
+log = logging.getLogger("llmcp.upstream")
 
 _LIBRARIES = ("openai", "litellm", "httpx", "aiohttp")
 _REJECTED = frozenset({400, 409, 413, 422})  # the client's input, not the provider, is at fault
@@ -69,11 +72,16 @@ class Row(NamedTuple):
 
 
 def translate(exc: BaseException) -> ProxyError:
-    """The ProxyError a client sees for a failure of the layer below (`raise ... from exc`)."""
+    """The ProxyError a client sees for a failure of the layer below (`raise ... from exc`).
+    A failure to reach or hear from the provider names only its kind and the error's class:
+    its text (hosts, ports, object reprs) goes to the server's log, keys redacted."""
     if isinstance(exc, ProxyError):
         return exc
     row = row_for(type(exc))
-    return row.build(exc) if row else _failed(type(exc).__name__)
+    error = row.build(exc) if row else _failed(type(exc).__name__)
+    if error.status >= 500:
+        log.warning("upstream call failed (%s): %s", error.message, _redacted(_detail(exc)))
+    return error
 
 
 def from_status(status: int, content: bytes, headers: Mapping[str, str]) -> ProxyError:
@@ -118,6 +126,14 @@ def _unreachable(detail: str) -> UpstreamError:
 
 def _failed(detail: str) -> UpstreamError:
     return UpstreamError(f"The upstream provider failed: {detail}")
+
+
+_SECRET_IN_URL = re.compile(r"([?&](?:key|api[-_]?key|access_token|token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def _redacted(text: str) -> str:
+    """Keys some providers take in the URL (Gemini's `?key=`), blanked for the log."""
+    return _SECRET_IN_URL.sub(r"\1[redacted]", text)
 
 
 def _detail(exc: BaseException) -> str:
@@ -196,28 +212,28 @@ def _table(openai: bool, litellm: bool, httpx: bool, aiohttp: bool) -> tuple[Row
             own += _present(_LITELLM_OWN, sys.modules.get("litellm.exceptions"), sys.modules["litellm"])
         rows += [
             Row((sdk.APITimeoutError,), lambda e: _timed_out(_message(e))),
-            Row((sdk.APIConnectionError,), lambda e: _unreachable(_message(e))),
+            Row((sdk.APIConnectionError,), lambda e: _unreachable(type(e).__name__)),
             Row(own, _litellm_status),
         ]
     if httpx:
         hx = sys.modules["httpx"]
         rows += [
-            Row((hx.TimeoutException,), lambda e: _timed_out(_detail(e))),
+            Row((hx.TimeoutException,), lambda e: _timed_out(type(e).__name__)),
             Row((hx.HTTPStatusError,), _httpx_status),
             Row(_present(_HTTPX_MISUSE, hx), lambda e: _failed(_detail(e))),
-            Row((hx.HTTPError,), lambda e: _unreachable(_detail(e))),
+            Row((hx.HTTPError,), lambda e: _unreachable(type(e).__name__)),
         ]
     if aiohttp:
         aio = sys.modules["aiohttp"]
         rows += [
-            Row((aio.ServerTimeoutError,), lambda e: _timed_out(_detail(e))),
-            Row((aio.ClientHttpProxyError,), lambda e: _unreachable(_detail(e))),
+            Row((aio.ServerTimeoutError,), lambda e: _timed_out(type(e).__name__)),
+            Row((aio.ClientHttpProxyError,), lambda e: _unreachable(type(e).__name__)),
             Row((aio.ClientResponseError,), lambda e: _by_status(e.status, e.message, e.headers or {})),
-            Row((aio.ClientError,), lambda e: _unreachable(_detail(e))),
+            Row((aio.ClientError,), lambda e: _unreachable(type(e).__name__)),
             Row(_present(_AIOHTTP_ODD, aio), lambda e: _failed(_detail(e))),
         ]
     rows += [
-        Row((TimeoutError,), lambda e: _timed_out(_detail(e))),
-        Row((ConnectionError,), lambda e: _unreachable(_detail(e))),
+        Row((TimeoutError,), lambda e: _timed_out(type(e).__name__)),
+        Row((ConnectionError,), lambda e: _unreachable(type(e).__name__)),
     ]
     return tuple(row for row in rows if row.classes)

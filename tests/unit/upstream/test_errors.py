@@ -322,7 +322,7 @@ LITELLM_CASES = [
         {},
         UpstreamError,
         502,
-        UNREACHABLE + "Connection error.",
+        UNREACHABLE + "APIConnectionError",  # its text (hosts, ssl context reprs) goes to the log
     ),
     (
         "InternalServerError",
@@ -449,8 +449,9 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_real_refused_connections_are_unreachable() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+def test_real_refused_connections_are_unreachable(caplog: pytest.LogCaptureFixture) -> None:
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/v1?key=sk-in-the-url"
     with pytest.raises(httpx.ConnectError) as refused:
         httpx.post(url)
 
@@ -463,8 +464,16 @@ def test_real_refused_connections_are_unreachable() -> None:
         raise AssertionError("connected to a closed port")
 
     for exc in (refused.value, asyncio.run(aiohttp_post())):
-        error = translate(exc)
-        assert type(error) is UpstreamError and error.message.startswith(UNREACHABLE + type(exc).__name__)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="llmcp.upstream"):
+            error = translate(exc)
+        assert type(error) is UpstreamError and error.message == UNREACHABLE + type(exc).__name__
+        # The client learns the kind of failure; where it happened is for the server's log.
+        assert str(port) not in error.message and "127.0.0.1" not in error.message
+        [line] = caplog.records
+        assert "sk-in-the-url" not in line.getMessage()
+        if "127.0.0.1" in str(exc):
+            assert "127.0.0.1" in line.getMessage()
 
 
 def test_translating_imports_none_of_the_libraries() -> None:
@@ -476,3 +485,12 @@ def test_translating_imports_none_of_the_libraries() -> None:
         "e.from_status(500, b'', {}); sys.exit('litellm' in sys.modules or 'openai' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_keys_in_urls_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    failure = ConnectionError("POST https://generativelanguage.test/v1/models?key=AIzaSECRET&alt=sse refused")
+    with caplog.at_level("WARNING", logger="llmcp.upstream"):
+        error = translate(failure)
+    assert error.message == UNREACHABLE + "ConnectionError"
+    [line] = caplog.records
+    assert "AIzaSECRET" not in line.getMessage() and "key=[redacted]&alt=sse" in line.getMessage()
