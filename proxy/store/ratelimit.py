@@ -121,8 +121,15 @@ class RateLimiter:
         level = levels[buckets.index(bucket)]
         headers["retry-after"] = str(max(1, math.ceil(wait_ms / 1000)))
         headers["retry-after-ms"] = str(wait_ms)
+        # Which limit bound: with a burst capacity apart from the rate, say both, so
+        # "Limit 200000, Used 49875" never hides that the 50,000-token burst was spent.
+        limit = (
+            f"Limit {bucket.per_minute}"
+            if bucket.capacity == bucket.per_minute
+            else f"burst capacity {bucket.capacity} (refills at {bucket.per_minute} per min)"
+        )
         return RateLimited(
-            f"Rate limit reached for {bucket.scope} on {unit}: Limit {bucket.per_minute}, "
+            f"Rate limit reached for {bucket.scope} on {unit}: {limit}, "
             f"Used {bucket.capacity - level}, Requested {cost}. Please try again in {duration(wait_ms)}.",
             kind=bucket.kind,
             headers=headers,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis
+import yaml
 
 from proxy.upstream.demo import DemoUpstream
 from proxy.upstream.selector import Upstreams
@@ -307,3 +309,29 @@ async def test_tokens_limit_counts_prompt_and_completion(make_client: Any) -> No
     if second.status_code == 429:
         assert body["error"]["type"] == "tokens"
         assert "tokens per min (TPM)" in body["error"]["message"]
+
+
+async def test_a_429_names_the_burst_when_the_burst_bound(make_client: Any) -> None:
+    limits = {"requests_per_minute": 1, "burst_requests": 2}  # two at once, then one a minute
+    client = await make_client(upstreams=FAST, tenants=tenants(limits))
+    for i in range(2):
+        assert (await client.post(CHAT, json=ask(f"b{i}"), headers=auth())).status_code == 200
+    limited = await client.post(CHAT, json=ask("b2"), headers=auth())
+    assert limited.status_code == 429
+    assert limited.json()["error"]["message"].startswith(
+        "Rate limit reached for acme on requests per min (RPM): "
+        "burst capacity 2 (refills at 1 per min), Used 2, Requested 1."
+    )
+
+
+async def test_the_shipped_demo_tenant_serves_a_burst_of_fifty_without_a_429(make_client: Any) -> None:
+    """The README's example, 50 at once with distinct prompts, under config.yaml's demo limits."""
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[3] / "config.yaml").read_text())
+    limits = shipped["tenants"][0]["limits"]
+    # The demo answers after 0.3 s, as it does shipped: all fifty hold their reservations at once.
+    held = Upstreams(5.0, demo=DemoUpstream(latency_s=0.3, chunk_delay_s=0.0))
+    client = await make_client(upstreams=held, tenants=tenants(limits), rate_limit=shipped["rate_limit"])
+    responses = await asyncio.gather(
+        *[client.post(CHAT, json=ask(f"Hello! {i}"), headers=auth()) for i in range(50)]
+    )
+    assert [r.status_code for r in responses] == [200] * 50
