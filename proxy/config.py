@@ -108,6 +108,17 @@ class CacheConfig(_Strict):
     compress_min_bytes: int = Field(2048, ge=0)
     scope: Literal["tenant", "shared"] = "tenant"
     l1: L1Config = L1Config()
+    # Set OpenAI's `prompt_cache_key` on requests to OpenAI-API providers that carry none,
+    # from a salted hash of the tenant (and end user): the provider then routes a tenant's
+    # shared prefixes to the same prompt cache. Never part of this proxy's cache key.
+    provider_prompt_cache_key: Literal["off", "tenant", "end_user"] = "off"
+    provider_prompt_cache_salt: str = Field("", repr=False)
+
+    @field_validator("provider_prompt_cache_key", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false."""
+        return "off" if value is False else value
 
     def namespace(self, tenant: str) -> str:
         """Where a tenant's answers live: its own namespace, or "shared" with scope: shared."""
@@ -151,6 +162,9 @@ class ModelConfig(_Strict):
     # USD per token, for "money saved"; if unset, the cost map bundled with litellm is used.
     input_cost_per_token: float | None = Field(None, ge=0)
     output_cost_per_token: float | None = Field(None, ge=0)
+    # USD per prompt token the provider served from its own prompt cache; if unset, the
+    # bundled map's cache-read price, else the input price (no discount known).
+    cached_input_cost_per_token: float | None = Field(None, ge=0)
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
     tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
 
@@ -233,6 +247,21 @@ class BucketLimits(_Strict):
         return self
 
 
+class UserBudget(_Strict):
+    """USD an end user of a tenant may spend per UTC day and calendar month."""
+
+    usd_per_day: float | None = Field(None, gt=0, le=10_000_000)
+    usd_per_month: float | None = Field(None, gt=0, le=10_000_000)
+
+
+class TenantBudget(UserBudget):
+    """A tenant's spend budgets (proxy.core.budgets): reserved before a miss goes upstream,
+    settled with the answer's real usage."""
+
+    per_user: UserBudget | None = None
+    alert_at: float | None = Field(None, gt=0, le=1)  # fraction: one WARNING + event per window
+
+
 class TenantLimits(BucketLimits):
     models: dict[str, BucketLimits] = Field(default_factory=dict)
     per_user: BucketLimits | None = None
@@ -243,6 +272,7 @@ class TenantConfig(_Strict):
     api_keys: tuple[str, ...] = Field(min_length=1)
     cache_ttl_seconds: int | None = Field(None, ge=1)
     limits: TenantLimits | None = None
+    budget: TenantBudget | None = None
     limit_cache_hits: bool = False
     # Record and replay (README "Use it in CI"): `record` caches as `normal` but keeps every
     # request beside its answer and writes entries with `record_ttl_seconds`; `replay` never

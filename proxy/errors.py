@@ -8,7 +8,8 @@ Domain code raises these; nothing else reaches a client.
     ├── InvalidRequest              400 invalid_request_error
     │   ├── MalformedJSON           400   code=invalid_json
     │   ├── BodyTooLarge            413   code=request_too_large
-    │   └── ModelNotFound           404   code=model_not_found
+    │   ├── ModelNotFound           404   code=model_not_found
+    │   └── ModelHasNoPrice         400   code=model_has_no_price (a tenant with a budget)
     ├── AuthenticationFailed        401   code=invalid_api_key
     ├── PermissionDenied            403   code=permission_denied
     ├── RouteNotFound               404   code=not_found
@@ -17,6 +18,7 @@ Domain code raises these; nothing else reaches a client.
     ├── HeadersTooLarge             431   code=request_headers_too_large
     ├── Conflict                    409   code=conflict (e.g. a review item decided already)
     ├── RateLimited                 429   code=rate_limit_exceeded | request_too_large
+    ├── BudgetExceeded              429 insufficient_quota (a spend budget; never retried)
     ├── ServiceUnavailable          503   code=service_unavailable
     └── UpstreamError               502 upstream_error
         ├── UpstreamTimeout         504   code=upstream_timeout
@@ -102,6 +104,12 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class ModelHasNoPrice(InvalidRequest):
+    """A tenant with a budget asked for a model nothing prices: its spend could not be held."""
+
+    code = "model_has_no_price"
+
+
 class AuthenticationFailed(ProxyError):
     status = 401
     type = "invalid_request_error"
@@ -155,6 +163,15 @@ class RateLimited(ProxyError):
     def __init__(self, message: str, *, kind: str, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.type = kind
+
+
+class BudgetExceeded(ProxyError):
+    """A spend budget (tenant or end user, day or month) cannot take this request: OpenAI's
+    shape for a spent quota, with `x-should-retry: false` so the SDKs do not retry."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class ServiceUnavailable(ProxyError):

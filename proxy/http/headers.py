@@ -3,6 +3,7 @@ that decides what a client is told about the cache and its rate limits."""
 
 from __future__ import annotations
 
+from proxy.core.budgets import budget_headers
 from proxy.core.limits import rate_headers
 from proxy.service.request import ProxyRequest
 
@@ -12,7 +13,7 @@ Headers = list[tuple[bytes, bytes]]
 def response_headers(req: ProxyRequest, request_id: str) -> Headers:
     """`X-Cache-Key` (the answer's digest), `X-Cache`, `Age` and `X-Cache-Coalesced` on
     hits, `X-Cache-Hits` for per-item endpoints, OpenAI's `x-ratelimit-*` when the request
-    passed a limiter, and `X-Request-Id`."""
+    passed a limiter, `x-budget-*` when its tenant has a budget, and `X-Request-Id`."""
     out: Headers = []
     if req.digest:
         out.append((b"x-cache-key", req.digest.encode()))
@@ -26,6 +27,9 @@ def response_headers(req: ProxyRequest, request_id: str) -> Headers:
     if req.rate is not None:
         rate = req.rate
         for name, value in rate_headers(rate.buckets, rate.levels, rate.resets_ms).items():
+            out.append((name.encode(), value.encode()))
+    if req.budget_view is not None:
+        for name, value in budget_headers(*req.budget_view).items():
             out.append((name.encode(), value.encode()))
     out.append((b"x-request-id", request_id.encode()))
     return out

@@ -82,7 +82,7 @@ class ItemFlow:
             firsts.setdefault(keys[i], i)
         todo = list(firsts.values())
         try:
-            await stages.limit(req, lambda: sum(parsed.tokens[i] for i in todo))
+            await stages.limit(req, lambda: (sum(parsed.tokens[i] for i in todo), 0))
             used, stored = await self._fetch(req, parsed, keys, todo, found)
             for i in missing:
                 found[i] = found[firsts[keys[i]]]
@@ -149,9 +149,9 @@ class ItemFlow:
                         items = [parsed.items[i] for i in part]
                         await self._replay.keep_items(req, [keys[i] for i in part], items, parsed.keyed)
         except BaseException:
-            stages.limiter.settle(req.reservation, used)
+            stages.settle(req, (used, 0))
             raise
-        stages.limiter.settle(req.reservation, used)
+        stages.settle(req, (used, 0))
         return used, stored
 
     async def _store(self, keys: list[str], values: list[bytes], ttl: int) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import orjson
 
-from proxy.core.apis.base import Adapter, GenerationAdapter
+from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
 from proxy.core.apis.embeddings import EmbeddingsAdapter
 from proxy.core.keys import cache_key
 from proxy.errors import StoreUnavailable
@@ -39,9 +39,13 @@ class Pipeline:
         """Answer one request; `req` records what happened (headers and stats read it)."""
         self.stages.prepare(api, req, raw)
         if isinstance(api, EmbeddingsAdapter):
-            return await self._items.answer(api, req)
-        assert isinstance(api, GenerationAdapter)
-        return await self._generate(api, req)
+            reply = await self._items.answer(api, req)
+        else:
+            assert isinstance(api, GenerationAdapter)
+            reply = await self._generate(api, req)
+        if req.tenant.budget is not None:
+            await self.stages.view_budgets(req)  # a hit passed no limiter: its x-budget-* headers
+        return reply
 
     async def _generate(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
         stages = self.stages
@@ -58,7 +62,7 @@ class Pipeline:
                 req.record.redis_error = True
             if entry is not None:
                 if req.tenant.limit_cache_hits and req.tenant.cache_mode != "replay":
-                    used = entry.prompt_tokens + entry.completion_tokens
+                    used = (entry.prompt_tokens, entry.completion_tokens)
                     await stages.limit(req, lambda: used, settle=False)
                 return stages.hit_reply(api, req, entry)
         if req.tenant.cache_mode == "replay":  # record & replay: a miss never goes upstream (no limits)
@@ -81,25 +85,27 @@ class Pipeline:
             await stages.finish_flight(req, False)
             raise
 
-    def _estimate(self, api: GenerationAdapter, req: ProxyRequest) -> int:
-        """Tokens to reserve: the prompt's estimate plus the completion allowance."""
+    def _estimate(self, api: GenerationAdapter, req: ProxyRequest) -> Usage:
+        """What to reserve: the prompt's estimate and the completion allowance (x n)."""
         assert req.model is not None
         req.prompt_estimate = api.prompt_tokens(req.body, req.model)
-        allowance = api.completion_allowance(req.body, self.stages.config.rate_limit.default_max_tokens)
-        return req.prompt_estimate + allowance
+        return req.prompt_estimate, api.completion_allowance(
+            req.body, self.stages.config.rate_limit.default_max_tokens
+        )
 
     async def _miss(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
         stages = self.stages
         assert req.model is not None
         upstream = stages.upstreams.for_model(req.model, api)
         try:
-            response = await upstream.complete(req.model, req.body, api)
+            response = await upstream.complete(req.model, stages.forwarded_body(req), api)
         except BaseException:
-            stages.limiter.settle(req.reservation, 0)
+            stages.settle(req, None)
             raise
         req.answered_upstream()  # counted once the upstream answered
-        usage = api.usage_of(response)
-        stages.limiter.settle(req.reservation, req.note_usage(usage))
+        usage, cached = api.usage_of(response), api.cached_tokens_of(response)
+        req.note_usage(usage, cached)
+        stages.settle(req, usage, cached)
         body = orjson.dumps(response)
         stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)
         await stages.finish_flight(req, stored)

@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.config import ModelConfig, TenantConfig
 from proxy.core.apis.base import Adapter, Usage
+from proxy.core.budgets import Budget
 from proxy.core.cache_controls import CacheControls, CacheStatus, RequestMeta
 from proxy.stats.schema import RequestRecord
 from proxy.store.flight import Flight
@@ -56,6 +57,8 @@ class ProxyRequest:
     coalesced: bool = False
     item_hits: tuple[int, int] | None = None  # (cached, total) items, per-item endpoints
     rate: Reservation | None = None  # the buckets it passed: the x-ratelimit-* headers
+    # The budgets that apply, their spend, and when: the x-budget-* headers
+    budget_view: tuple[tuple[Budget, ...], list[int], float] | None = None
     # Held while it is served:
     reservation: Reservation | None = None  # to settle with the real usage
     prompt_estimate: int = 0
@@ -93,7 +96,9 @@ class ProxyRequest:
         counted = CacheStatus.MISS if self.status == CacheStatus.PARTIAL else self.status
         self.record.cache = counted.value
 
-    def note_usage(self, usage: Usage | None) -> int:
-        """Put an answer's usage on the record; returns prompt + completion tokens."""
+    def note_usage(self, usage: Usage | None, provider_cached: int = 0) -> int:
+        """Put an answer's usage on the record (with the prompt tokens the provider served
+        from its own prompt cache); returns prompt + completion tokens."""
         self.record.prompt_tokens, self.record.completion_tokens = usage or (0, 0)
+        self.record.provider_cached_tokens = provider_cached
         return self.record.prompt_tokens + self.record.completion_tokens

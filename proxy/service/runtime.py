@@ -63,7 +63,8 @@ class Runtime:
         channel = l1_channel(config.redis.key_prefix)
         cache = CacheStore(gate, config.cache.max_entry_bytes, config.cache.compress_min_bytes, l1, channel)
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds)
-        limiter = RateLimiter(gate, config)
+        stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
+        limiter = RateLimiter(gate, config, on_alert=stats.budget_alert)
         review = ReviewQueue(gate, config)
         flight = SingleFlight(gate, config)
         pipeline = Pipeline(Stages(config, cache, upstreams, limiter, flight, review))
@@ -71,7 +72,6 @@ class Runtime:
         if l1 is not None:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
             subscriber = L1Subscriber(l1, blocking_client(gate.client, None, 2), config.redis.key_prefix)
-        stats, report = StatsRecorder(gate, config), StatsReport(gate, config)
         return cls(
             config,
             gate,

@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +19,9 @@ import orjson
 from proxy.config import Config, ModelConfig
 from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
 from proxy.core.cache_controls import CacheControls, CacheStatus, cache_controls
+from proxy.core.prices import FREE, Prices, model_prices
 from proxy.core.validation import parse_json_object
-from proxy.errors import ModelNotFound, StoreUnavailable
+from proxy.errors import ModelHasNoPrice, ModelNotFound, StoreUnavailable
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.store.cache import CacheStore, Entry, decode_entry
 from proxy.store.flight import Flight, SingleFlight
@@ -51,6 +53,13 @@ class Stages:
         self.flight = flight
         self.review = review
         self._background: set[asyncio.Task[None]] = set()
+        self._prices: dict[str, Prices | None] = {}
+
+    def prices(self, model: ModelConfig) -> Prices | None:
+        """The model's prices (None: nothing prices it), looked up once per config."""
+        if model.name not in self._prices:
+            self._prices[model.name] = model_prices(model)
+        return self._prices[model.name]
 
     def namespace(self, req: ProxyRequest) -> str:
         return self.config.cache.namespace(req.tenant.name)
@@ -69,12 +78,41 @@ class Stages:
                 f"The model '{body['model']}' does not exist or you do not have access to it.",
                 param="model",
             )
+        if req.tenant.budget is not None and self.prices(model) is None:
+            raise ModelHasNoPrice(
+                f"The model '{model.name}' has no price, and this tenant's spend is held to a budget: "
+                "the operator must set input_cost_per_token and output_cost_per_token for it in the "
+                "proxy's config.",
+                param="model",
+            )
         controls = cache_controls(req.meta, self.config, req.tenant, model)
         if api.uncacheable(body):
             controls = CacheControls(lookup=False, store=False, ttl=controls.ttl)
         req.api, req.model, req.body, req.controls = api, model, body, controls
         req.stream = body.get("stream") is True
         return model
+
+    def forwarded_body(self, req: ProxyRequest) -> dict[str, Any]:
+        """The body a miss sends upstream: the client's, plus a `prompt_cache_key` derived
+        from the tenant (and end user) when `cache.provider_prompt_cache_key` asks for one,
+        the provider speaks the OpenAI API, the endpoint takes the field and the client
+        set none. Salted and hashed: the provider never learns tenant or user names."""
+        mode = self.config.cache.provider_prompt_cache_key
+        api, model = req.api, req.model
+        if (
+            mode == "off"
+            or model is None
+            or api is None
+            or not model.speaks_openai
+            or "prompt_cache_key" not in api.fields
+            or "prompt_cache_key" in req.body
+        ):
+            return req.body
+        parts = [self.config.cache.provider_prompt_cache_salt, req.tenant.name]
+        if mode == "end_user" and req.end_user:
+            parts.append(req.end_user)
+        digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+        return {**req.body, "prompt_cache_key": f"llmcp-{digest[:40]}"}
 
     def wants_flight(self, req: ProxyRequest) -> bool:
         """Only a miss that will be stored can be shared: followers read the stored answer."""
@@ -118,21 +156,62 @@ class Stages:
         if flight is not None:
             await asyncio.shield(self.flight.finish(flight, stored))
 
-    async def limit(self, req: ProxyRequest, tokens: Callable[[], int], settle: bool = True) -> None:
-        """Reserve from the tenant's buckets (raises RateLimited). `tokens` is called only
-        when a token bucket applies; `settle=False` for cache hits (nothing to settle)."""
+    async def limit(self, req: ProxyRequest, estimate: Callable[[], Usage], settle: bool = True) -> None:
+        """Reserve from the tenant's buckets and budgets in one call (raises RateLimited or
+        BudgetExceeded). `estimate` (prompt tokens, completion tokens at most) is called
+        only when a token bucket or a budget needs it; `settle=False` for cache hits: they
+        take tokens (limit_cache_hits) but cost no money."""
         assert req.model is not None
         buckets = self.limiter.plan(req.tenant, req.model.name, req.end_user)
-        if not buckets:
+        budgets = self.limiter.plan_budgets(req.tenant, req.end_user) if req.tenant.budget else ()
+        if not buckets and not budgets:
             return
-        cost = tokens() if any(b.kind == "tokens" for b in buckets) else 0
-        reservation = await self.limiter.acquire(buckets, cost)
+        wants_tokens = any(b.kind == "tokens" for b in buckets)
+        prompt, completion = estimate() if wants_tokens or (budgets and settle) else (0, 0)
+        amount = (self.prices(req.model) or FREE).cost_nano(prompt, completion) if budgets and settle else 0
+        now = self.limiter.clock()
+        reservation = await self.limiter.acquire(buckets, prompt + completion, budgets=budgets, amount=amount)
         if reservation is None:
             req.record.limiter_error = True
             return
         req.rate = reservation
+        if budgets:
+            req.budget_view = (budgets, list(reservation.spent), now)
         if settle:
             req.reservation = reservation
+
+    def settle(self, req: ProxyRequest, usage: Usage | None, cached: int = 0) -> None:
+        """Settle the request's reservation with what the answer used (None: nothing, the
+        call failed), `cached` prompt tokens at the provider's cached price."""
+        reservation = req.reservation
+        if reservation is None:
+            return
+        req.reservation = None  # once
+        prompt, completion = usage or (0, 0)
+        cost = 0
+        if reservation.budgets and req.model is not None:
+            cost = (self.prices(req.model) or FREE).cost_nano(prompt, completion, cached)
+            if req.budget_view is not None:  # the headers show the spend after settling
+                budgets, spent, now = req.budget_view
+                req.budget_view = (budgets, [s - reservation.amount + cost for s in spent], now)
+        self.limiter.settle(reservation, prompt + completion, cost)
+
+    async def view_budgets(self, req: ProxyRequest) -> None:
+        """The x-budget-* headers of a request that passed no limiter (a cache hit): the
+        spend this process last saw, read once when it has seen none; refreshed in the
+        background when a few seconds old. Never fails the request."""
+        if req.tenant.budget is None or req.budget_view is not None:
+            return
+        budgets = self.limiter.plan_budgets(req.tenant, req.end_user)
+        spent, stale = self.limiter.known_spent(budgets)
+        try:
+            if spent is None:
+                spent = await self.limiter.read_spent(budgets)
+            elif stale:
+                self.limiter.refresh_soon(budgets)
+        except StoreUnavailable:
+            return
+        req.budget_view = (budgets, spent, self.limiter.clock())
 
     def hit_reply(self, api: GenerationAdapter, req: ProxyRequest, entry: Entry) -> Reply:
         """A cached answer as this request wants it (JSON, or replayed as SSE)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.apis.base import Assembler, GenerationAdapter
+from proxy.core.apis.base import Assembler, GenerationAdapter, Usage
 from proxy.core.tokens import count_text, encoding, encoding_name
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.service.request import SSE, ProxyRequest, Reply
@@ -38,13 +38,13 @@ class StreamingMiss:
         assert req.model is not None
         upstream = stages.upstreams.for_model(req.model, api)
         try:
-            chunks = await upstream.stream(req.model, req.body, api)
+            chunks = await upstream.stream(req.model, stages.forwarded_body(req), api)
             first = await anext(chunks)
         except StopAsyncIteration:
-            stages.limiter.settle(req.reservation, 0)
+            stages.settle(req, None)
             raise UpstreamError("The upstream provider ended the stream without an answer.") from None
         except BaseException:
-            stages.limiter.settle(req.reservation, 0)
+            stages.settle(req, None)
             raise
         req.answered_upstream()
         return Reply(stream=self._relay(api, req, first, chunks), media_type=SSE)
@@ -144,20 +144,23 @@ class StreamingMiss:
         await stages.finish_flight(req, False)  # no-op when already finished
         reported = assembler.usage_counts()
         if reported:
-            req.note_usage(reported)
-        stages.limiter.settle(req.reservation, self._streamed_tokens(api, req, assembler))
+            req.note_usage(reported, assembler.cached_tokens())
+        stages.settle(req, self._streamed_usage(api, req, assembler), assembler.cached_tokens())
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
 
-    def _streamed_tokens(self, api: GenerationAdapter, req: ProxyRequest, assembler: Assembler) -> int:
-        """Real usage when the stream got that far, else prompt estimate + text received."""
+    def _streamed_usage(
+        self, api: GenerationAdapter, req: ProxyRequest, assembler: Assembler
+    ) -> Usage | None:
+        """Real usage when the stream got that far, else prompt estimate + text received
+        (a broken stream, a client that hung up: the provider bills what it sent)."""
         usage = assembler.usage_counts()
         if usage:
-            return sum(usage)
+            return usage
         if req.reservation is None:
-            return 0
-        return sum(self._estimated_usage(api, req, assembler))
+            return None
+        return self._estimated_usage(api, req, assembler)
 
     @staticmethod
     def _estimated_usage(api: GenerationAdapter, req: ProxyRequest, assembler: Assembler) -> tuple[int, int]:

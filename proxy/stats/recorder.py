@@ -16,6 +16,7 @@ import time
 from collections import defaultdict, deque
 
 from proxy.config import Config
+from proxy.core.budgets import Budget, usd
 from proxy.errors import StoreUnavailable
 from proxy.stats.schema import (
     ERROR_METRIC,
@@ -31,6 +32,7 @@ from proxy.stats.schema import (
     CacheOutcome,
     Metric,
     RequestRecord,
+    budget_alert_fields,
     event_fields,
     field,
     latency_bucket,
@@ -82,6 +84,8 @@ class StatsRecorder:
             counts[(tenant, minute, model, LIMIT_METRIC[rec.limited])] += 1
         if rec.redis_error:
             counts[(tenant, minute, model, Metric.ERR_REDIS)] += 1
+        if rec.provider_cached_tokens:
+            counts[(tenant, minute, model, Metric.PROVIDER_CACHED_PROMPT)] += rec.provider_cached_tokens
         if rec.saved_tokens:
             counts[(tenant, minute, model, Metric.SAVED_PROMPT)] += rec.saved_tokens
         if rec.coalesced:
@@ -97,6 +101,14 @@ class StatsRecorder:
                 self._hit_events.append(event)
             else:
                 self._events.append(event)
+
+    def budget_alert(self, budget: Budget, spent: int) -> None:
+        """A budget crossed its alert threshold: an event beside the requests' (the limiter
+        logs the WARNING line)."""
+        if self._events_max:
+            period = "daily" if budget.window == "day" else "monthly"
+            message = f"{budget.scope}: ${usd(spent)} of the {period} budget of ${usd(budget.limit)}"
+            self._events.append(budget_alert_fields(budget.tenant, message, time.time()))
 
     async def flush(self) -> None:
         """Write the pending sums and events in one pipeline; keep the sums if Redis fails."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.config import Config
-from proxy.stats.prices import cost_usd
+from proxy.core.prices import FREE, model_prices
 from proxy.stats.schema import (
     LATENCY_BOUNDS_MS,
     CacheOutcome,
@@ -94,7 +94,8 @@ class StatsReport:
         config = self._config.model_index.get(model)
         cost = 0.0
         if config is not None:
-            cost = cost_usd(config, counts[Metric.SAVED_PROMPT], counts[Metric.SAVED_COMPLETION])
+            prices = model_prices(config) or FREE
+            cost = prices.cost_usd(counts[Metric.SAVED_PROMPT], counts[Metric.SAVED_COMPLETION])
         return Figures(counts, cost)
 
     async def snapshot(self, tenants: list[str], now: float | None = None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ of one model; in Redis it is the hash field `<model>|<metric>` (model names may 
 contain `|`), see docs/keyspace.md:
 
     Metric           requests, hit, miss, bypass, err_<ErrorKind>, limited_<LimitKind>,
-                     limiter_errors, saved_/upstream_<prompt|completion>, coalesced,
+                     limiter_errors, saved_/upstream_<prompt|completion>,
+                     provider_cached_prompt, coalesced,
                      not_cacheable, events_skipped
     LatencyBucket    lat_<hit|miss|bypass>|<i>: answers that took at most
                      LATENCY_BOUNDS_MS[i] (and more than the bound before it)
@@ -26,6 +27,7 @@ from enum import StrEnum
 
 from proxy.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     InvalidRequest,
     ProxyError,
     RateLimited,
@@ -86,6 +88,7 @@ class LimitKind(StrEnum):
 
     REQUESTS = "requests"
     TOKENS = "tokens"
+    BUDGET = "budget"  # a spend budget (BudgetExceeded)
 
 
 class Metric(StrEnum):
@@ -102,11 +105,15 @@ class Metric(StrEnum):
     ERR_AUTH = "err_auth"
     LIMITED_REQUESTS = "limited_requests"
     LIMITED_TOKENS = "limited_tokens"
+    LIMITED_BUDGET = "limited_budget"
     LIMITER_ERRORS = "limiter_errors"
     SAVED_PROMPT = "saved_prompt"  # tokens served from the cache
     SAVED_COMPLETION = "saved_completion"
     UPSTREAM_PROMPT = "upstream_prompt"  # tokens paid for upstream
     UPSTREAM_COMPLETION = "upstream_completion"
+    # Prompt tokens of upstream answers the provider served from its own prompt cache
+    # (usage.prompt_tokens_details.cached_tokens): billed at its cached price.
+    PROVIDER_CACHED_PROMPT = "provider_cached_prompt"
     COALESCED = "coalesced"  # served from another request's upstream call (single flight)
     # Served but not stored: the proxy could not be sure to replay the answer exactly (an
     # ambiguous stream, a stream without usage) or it expires too soon (audio).
@@ -220,7 +227,7 @@ class RequestRecord:
     model: str = NO_MODEL
     cache: str | None = None  # HIT | MISS | BYPASS
     error: str | None = None  # bad_request | upstream | redis | internal | auth
-    limited: str | None = None  # requests | tokens
+    limited: str | None = None  # requests | tokens | budget
     prompt_tokens: int = 0
     completion_tokens: int = 0
     digest: str = ""
@@ -229,6 +236,7 @@ class RequestRecord:
     coalesced: bool = False  # served from another request's upstream call (single flight)
     not_cacheable: bool = False  # served, not stored: its answer could not be replayed exactly
     saved_tokens: int = 0  # prompt tokens served from cache on a partial hit (embeddings)
+    provider_cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
     prompt: str | None = None  # the request body, only with server.log_prompts (for the log line)
     started: float = dataclass_field(default_factory=time.perf_counter)
 
@@ -237,6 +245,8 @@ def classify(record: RequestRecord, exc: BaseException) -> None:
     """Note on the record what kind of failure answered the request."""
     if isinstance(exc, RateLimited):
         record.limited = exc.type
+    elif isinstance(exc, BudgetExceeded):
+        record.limited = LimitKind.BUDGET
     elif isinstance(exc, AuthenticationFailed):
         record.error = ErrorKind.AUTH
     elif isinstance(exc, InvalidRequest):
@@ -263,4 +273,18 @@ def event_fields(record: RequestRecord, now: float, latency_ms: float) -> dict[s
         "latency_ms": f"{latency_ms:.2f}",
         "tokens": str(record.prompt_tokens + record.completion_tokens),
         "error": str(record.error or record.limited or ""),
+    }
+
+
+def budget_alert_fields(tenant: str, message: str, now: float) -> dict[str, str]:
+    """One entry of the events stream: a budget crossed its alert threshold (once per window)."""
+    return {
+        "ts": f"{now:.3f}",
+        "event": "budget_alert",
+        "tenant": tenant,
+        "model": NO_MODEL,
+        "key": "",
+        "latency_ms": "0",
+        "tokens": "0",
+        "error": message,
     }

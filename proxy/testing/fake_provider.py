@@ -9,7 +9,13 @@ gets, and misbehaves on command so fault handling can be driven for real:
     GET  /_fake/stats   {"requests": n, "last_body": {...}}
     POST /_fake/reset   zero the counter
     POST /_fake/mode    {"mode": "ok" | "error" | "hang" | "garbage" | "reset" | "half_stream",
-                         "status": 500, "latency_ms": 0, "chunk_delay_ms": 0}
+                         "status": 500, "latency_ms": 0, "chunk_delay_ms": 0,
+                         "usage": null | {"prompt_tokens": p, "completion_tokens": c,
+                                          "cached_tokens": k}}
+
+`usage` makes every chat and completions answer report those counts (the cached ones as
+`prompt_tokens_details.cached_tokens`, the way OpenAI reports its prompt cache), so budget
+settlement and provider-cache stats can be driven to the token.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class FakeState:
     chunk_delay_ms: float = 0.0
     mode: str = "ok"
     status: int = 500
+    usage: dict[str, int] | None = None
     requests: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
 
@@ -133,9 +140,14 @@ class FakeUpstream:
             return
         model = request.get("model", "fake")
         if not request.get("stream"):
-            await _send_json(send, demo.answer_for(endpoint, model, request))
+            answer = demo.answer_for(endpoint, model, request)
+            if state.usage is not None and "usage" in answer and endpoint is not Endpoint.RESPONSES:
+                answer["usage"] = _usage(state.usage)
+            await _send_json(send, answer)
             return
         chunks = demo.stream_for(endpoint, model, request)
+        if state.usage is not None and endpoint is not Endpoint.RESPONSES:
+            chunks = [{**c, "usage": _usage(state.usage)} if c.get("usage") else c for c in chunks]
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         if endpoint is not Endpoint.RESPONSES and not include_usage:
             chunks = [c for c in chunks if not c.get("usage")]
@@ -156,6 +168,16 @@ class FakeUpstream:
         # The Responses API ends with its response.completed event; the others with [DONE].
         tail = b"" if state.mode == "half_stream" or endpoint is Endpoint.RESPONSES else DONE
         await send({"type": "http.response.body", "body": tail})
+
+
+def _usage(counts: dict[str, int]) -> dict[str, Any]:
+    prompt, completion = int(counts.get("prompt_tokens", 0)), int(counts.get("completion_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(counts.get("cached_tokens", 0))},
+    }
 
 
 def _endpoint(path: str) -> Endpoint | None:

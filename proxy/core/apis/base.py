@@ -96,6 +96,10 @@ class Assembler(Protocol):
 
     def usage_counts(self) -> Usage | None: ...
 
+    def cached_tokens(self) -> int:
+        """Prompt tokens the provider served from its own prompt cache (0 when not told)."""
+        ...
+
     def text(self) -> str:
         """Generated text so far (to estimate the tokens of a stream that broke off)."""
         ...
@@ -132,6 +136,10 @@ class GenerationAdapter(Adapter):
     def usage_of(self, answer: dict[str, Any]) -> Usage:
         """The tokens a whole answer reports."""
         return usage_counts(answer.get("usage")) or (0, 0)
+
+    def cached_tokens_of(self, answer: dict[str, Any]) -> int:
+        """Prompt tokens of a whole answer the provider served from its own prompt cache."""
+        return cached_prompt_tokens(answer.get("usage"))
 
     @abstractmethod
     def is_whole(self, body: dict[str, Any], answer: dict[str, Any]) -> bool:
@@ -188,6 +196,20 @@ def usage_counts(usage: Any) -> Usage | None:
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
     return int(prompt or 0), int(completion or 0)
+
+
+def cached_prompt_tokens(usage: Any) -> int:
+    """`prompt_tokens_details.cached_tokens` (Chat, Completions; litellm puts Anthropic's
+    cache reads there too) or `input_tokens_details.cached_tokens` (Responses)."""
+    if not isinstance(usage, dict):
+        return 0
+    for name in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(name)
+        if isinstance(details, dict):
+            cached = details.get("cached_tokens")
+            if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0:
+                return cached
+    return 0
 
 
 def text_tokens(text: str, model: ModelConfig) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from proxy.core.apis.base import Usage, usage_counts
+from proxy.core.apis.base import Usage, cached_prompt_tokens, usage_counts
 
 # Fields that name or classify a thing rather than hold a piece of its text: a repeated
 # value is the same value (never concatenated); a different one makes the fold ambiguous.
@@ -222,3 +222,6 @@ class DeltaAssembler:
 
     def usage_counts(self) -> Usage | None:
         return usage_counts(self.usage)
+
+    def cached_tokens(self) -> int:
+        return cached_prompt_tokens(self.usage)

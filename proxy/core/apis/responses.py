@@ -20,7 +20,15 @@ from typing import Any
 import orjson
 
 from proxy.config import ModelConfig
-from proxy.core.apis.base import Assembler, Endpoint, GenerationAdapter, Usage, text_tokens, usage_counts
+from proxy.core.apis.base import (
+    Assembler,
+    Endpoint,
+    GenerationAdapter,
+    Usage,
+    cached_prompt_tokens,
+    text_tokens,
+    usage_counts,
+)
 from proxy.core.apis.sse import typed_event
 from proxy.core.fields import RESPONSES, RESPONSES_DEFAULTS
 from proxy.core.validation import check_responses
@@ -116,6 +124,9 @@ class EventAssembler:
 
     def usage_counts(self) -> Usage | None:
         return usage_counts((self._final or {}).get("usage"))
+
+    def cached_tokens(self) -> int:
+        return cached_prompt_tokens((self._final or {}).get("usage"))
 
     def text(self) -> str:
         return "".join(self._text)

@@ -1,0 +1,393 @@
+"""Spend budgets through the app: reserve before the call, settle with the real usage (cached
+prompt tokens at their price), refuse like OpenAI's spent quota, and the x-budget-* headers.
+
+The provider is respx in front of gpt-4o-mini, priced from the map litellm ships
+(input $0.15, cached input $0.075, output $0.60 per million tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from proxy.core.apis import CHAT as CHAT_API
+from proxy.core.budgets import nano
+from tests.conftest import (
+    TENANT_KEYS,
+    UPSTREAM_BASE,
+    auth,
+    build_config,
+    eventually,
+    openai_completion,
+    openai_sse,
+)
+from tests.servers import free_port
+
+pytestmark = pytest.mark.anyio
+CHAT = "/v1/chat/completions"
+URL = f"{UPSTREAM_BASE}/chat/completions"
+MODEL = "gpt-4o-mini"
+# gpt-4o-mini in litellm's bundled map, in pico-dollars per token
+P_IN, P_CACHED, P_OUT = 150_000, 75_000, 600_000
+
+
+def tenants(budget: dict[str, Any] | None = None, **acme: Any) -> list[dict[str, Any]]:
+    first: dict[str, Any] = {"name": "acme", "api_keys": [TENANT_KEYS["acme"]], **acme}
+    if budget is not None:
+        first["budget"] = budget
+    return [first, {"name": "globex", "api_keys": [TENANT_KEYS["globex"]]}]
+
+
+def ask(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def worst_case_nano(body: dict[str, Any], default_max_tokens: int = 1024) -> int:
+    """What the proxy reserves for `body`: its prompt estimate at the input price plus every
+    completion token it may get at the output price."""
+    model = build_config("x").model_index[MODEL]
+    prompt = CHAT_API.prompt_tokens(body, model)
+    completion = CHAT_API.completion_allowance(body, default_max_tokens)
+    return -(-(prompt * P_IN + completion * P_OUT) // 1000)
+
+
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def answer_with(u: dict[str, Any], content: str = "Hello!") -> dict[str, Any]:
+    return {**openai_completion(content), "usage": u}
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d")
+
+
+def day_key(prefix: str, tenant: str = "acme", date: str | None = None) -> str:
+    return f"{prefix}:v1:{{{tenant}}}:budget:t:d:{date or today()}"
+
+
+def month_key(prefix: str, tenant: str = "acme") -> str:
+    return f"{prefix}:v1:{{{tenant}}}:budget:t:m:{datetime.now(UTC).strftime('%Y%m')}"
+
+
+def spent(redis_sync: redis.Redis, key: str) -> int:
+    return int(redis_sync.hget(key, "spent") or 0)
+
+
+async def settled_at(redis_sync: redis.Redis, key: str, expected: int) -> None:
+    async def check() -> bool:
+        return spent(redis_sync, key) == expected
+
+    await eventually(check, timeout=3, what=f"spend of {key} never settled at {expected}")
+
+
+def runtime(client: httpx.AsyncClient) -> Any:
+    return client._transport.app.state.runtime  # type: ignore[attr-defined]
+
+
+async def test_settles_with_the_real_usage_and_the_cached_price(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(1000, 100, cached=800)))
+    client = await make_client(tenants=tenants({"usd_per_day": 5, "usd_per_month": 50}))
+    body = ask("price me")
+    response = await client.post(CHAT, json=body, headers=auth())
+    assert response.status_code == 200
+    # 200 prompt tokens at $0.15/M, 800 cached at $0.075/M, 100 completion at $0.60/M
+    real = (200 * P_IN + 800 * P_CACHED + 100 * P_OUT) // 1000
+    assert real == 150_000  # nano-dollars: $0.00015
+    await settled_at(redis_sync, day_key(key_prefix), real)
+    await settled_at(redis_sync, month_key(key_prefix), real)
+    # The headers show the tightest budget (the day's) after settling.
+    assert response.headers["x-budget-limit-usd"] == "5.000000"
+    assert response.headers["x-budget-remaining-usd"] == "4.999850"
+    hours, rest = response.headers["x-budget-reset"].split("h")
+    assert 0 <= int(hours) < 24 and rest.endswith("s") and "m" in rest
+    # Keys live until their window ends, plus a day.
+    ttl = redis_sync.pttl(day_key(key_prefix))
+    assert 86_400_000 < ttl <= 2 * 86_400_000
+
+
+async def test_cache_hits_cost_nothing_and_carry_the_headers(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    route = upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    miss = await client.post(CHAT, json=ask("hit me"), headers=auth())
+    real = (10 * P_IN + 10 * P_OUT) // 1000
+    await settled_at(redis_sync, day_key(key_prefix), real)
+    hit = await client.post(CHAT, json=ask("hit me"), headers=auth())
+    assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+    assert hit.headers["x-budget-limit-usd"] == "1.000000"
+    assert hit.headers["x-budget-remaining-usd"] == "0.999992"
+    assert "x-budget-reset" in hit.headers
+    assert spent(redis_sync, day_key(key_prefix)) == real
+    assert route.call_count == 1
+
+
+async def test_a_hit_in_a_fresh_process_reads_the_spend_once(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    first = await make_client(tenants=tenants({"usd_per_day": 1}))
+    await first.post(CHAT, json=ask("seen elsewhere"), headers=auth())
+    await settled_at(redis_sync, day_key(key_prefix), (10 * P_IN + 10 * P_OUT) // 1000)
+    second = await make_client(tenants=tenants({"usd_per_day": 1}))  # another replica
+    hit = await second.post(CHAT, json=ask("seen elsewhere"), headers=auth())
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.headers["x-budget-remaining-usd"] == "0.999992"
+
+
+async def test_a_spent_budget_is_openais_insufficient_quota(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    body = ask("first", max_tokens=100)
+    worst = worst_case_nano(body)  # no provider route: a call upstream would fail the test
+    # Room for one worst case and a half: the second request cannot be reserved.
+    limit = worst * 3 // 2
+    client = await make_client(tenants=tenants({"usd_per_day": limit / 1e9, "usd_per_month": 100}))
+    redis_sync.hset(day_key(key_prefix), "spent", worst)  # spent earlier today
+    refused = await client.post(CHAT, json=ask("second", max_tokens=100), headers=auth())
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "insufficient_quota"
+    assert error["code"] == "insufficient_quota"
+    assert error["message"].startswith("You exceeded the daily budget of tenant acme: $")
+    assert "The budget resets in " in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    assert refused.headers["x-budget-limit-usd"] == f"{limit / 1e9:.6f}"
+    assert spent(redis_sync, day_key(key_prefix)) == worst  # nothing reserved
+    assert spent(redis_sync, month_key(key_prefix)) == 0  # all or nothing
+
+
+async def test_a_request_larger_than_the_whole_budget(make_client: Any, upstream: Any) -> None:
+    client = await make_client(tenants=tenants({"usd_per_month": 0.0001}))
+    refused = await client.post(CHAT, json=ask("huge", max_tokens=100_000), headers=auth())
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_quota"
+    assert "more than the whole monthly budget of tenant acme ($0.000100)" in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+
+
+async def test_an_upstream_error_refunds_the_whole_reservation(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(500, json={"error": {"message": "boom", "type": "server_error"}})
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    response = await client.post(CHAT, json=ask("fail"), headers=auth())
+    assert response.status_code == 502
+    await settled_at(redis_sync, day_key(key_prefix), 0)
+
+
+async def test_a_broken_stream_settles_what_was_sent(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(
+        content=openai_sse(["a"] * 20, finish=False), headers={"content-type": "text/event-stream"}
+    )
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    body = ask("break", stream=True)
+    response = await client.post(CHAT, json=body, headers=auth())
+    assert response.status_code == 200
+    worst = worst_case_nano(body)
+
+    async def partial() -> bool:
+        value = spent(redis_sync, day_key(key_prefix))
+        return 0 < value < worst // 10  # the prompt estimate and 20 tokens, not 1,024
+
+    await eventually(partial, timeout=3, what="a broken stream was not settled")
+
+
+async def test_a_client_that_hangs_up_leaks_no_reservation(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    async def slow_stream(request: httpx.Request) -> httpx.Response:
+        async def body() -> Any:
+            yield openai_sse(["x"], finish=False)
+            await asyncio.sleep(30)
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    upstream.post(URL).mock(side_effect=slow_stream)
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    body = ask("hang up", stream=True)
+    async with client.stream("POST", CHAT, json=body, headers=auth()) as response:
+        async for _ in response.aiter_raw():
+            break  # the client goes away after the first chunk
+    worst = worst_case_nano(body)
+
+    async def released() -> bool:
+        return 0 < spent(redis_sync, day_key(key_prefix)) < worst // 10
+
+    await eventually(released, timeout=5, what="the hung-up stream kept its reservation")
+
+
+async def test_end_user_budgets_isolate_the_users_of_a_tenant(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 100)))
+    body = ask("u", max_tokens=100)
+    per_user = worst_case_nano(body) * 3 // 2 / 1e9
+    client = await make_client(tenants=tenants({"usd_per_day": 10, "per_user": {"usd_per_day": per_user}}))
+    ok = await client.post(CHAT, json=ask("u1", max_tokens=100), headers={**auth(), "X-End-User": "alice"})
+    assert ok.status_code == 200
+    assert ok.headers["x-budget-limit-usd"] == f"{per_user:.6f}"  # the tightest budget
+    # Alice's spend (reserved or settled: her answer used all 100 tokens) leaves less than a
+    # worst case; Bob's budget is untouched.
+    again = await client.post(CHAT, json=ask("u2", max_tokens=100, user="alice"), headers=auth())
+    assert again.status_code == 429
+    assert "daily budget of end user of tenant acme" in again.json()["error"]["message"]
+    bob = await client.post(CHAT, json=ask("u4", max_tokens=100, user="bob"), headers=auth())
+    assert bob.status_code == 200
+    assert spent(redis_sync, day_key(key_prefix)) > 0  # the tenant's own budget counts both
+
+
+async def test_the_day_rolls_over_at_utc_midnight(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 100)))
+    body = ask("night", max_tokens=100)
+    worst = worst_case_nano(body)
+    client = await make_client(tenants=tenants({"usd_per_day": worst * 3 // 2 / 1e9, "usd_per_month": 100}))
+    before = datetime(2031, 1, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    runtime(client).limiter.clock = lambda: before
+    redis_sync.hset(day_key(key_prefix, date="20310131"), "spent", worst)
+    refused = await client.post(CHAT, json=ask("late", max_tokens=100), headers=auth())
+    assert refused.status_code == 429
+    assert "resets in 1s" in refused.json()["error"]["message"]
+    runtime(client).limiter.clock = lambda: before + 2  # 2031-02-01 00:00:01: a new day and month
+    served = await client.post(CHAT, json=ask("early", max_tokens=100), headers=auth())
+    assert served.status_code == 200
+    assert served.headers["x-budget-reset"] == "23h59m59s"
+    feb = f"{key_prefix}:v1:{{acme}}:budget:t:m:203102"
+    await settled_at(redis_sync, day_key(key_prefix, date="20310201"), (10 * P_IN + 100 * P_OUT) // 1000)
+    assert spent(redis_sync, feb) == spent(redis_sync, day_key(key_prefix, date="20310201"))
+    assert spent(redis_sync, day_key(key_prefix, date="20310131")) == worst
+
+
+async def test_limit_cache_hits_refuses_hits_once_the_budget_is_spent(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    for limit_hits, status in ((False, 200), (True, 429)):
+        client = await make_client(tenants=tenants({"usd_per_day": 1}, limit_cache_hits=limit_hits))
+        await client.post(CHAT, json=ask("cached"), headers=auth())
+        await runtime(client).limiter.drain()  # settled: this process saw the spend
+        redis_sync.hset(day_key(key_prefix), "spent", nano(1))  # spent to the cent, elsewhere
+        hit = await client.post(CHAT, json=ask("cached"), headers=auth())
+        assert hit.status_code == status
+        if status == 200:
+            assert hit.headers["x-cache"] == "HIT"
+            # The spend as this process last saw it (another replica's is seen within seconds).
+            assert hit.headers["x-budget-remaining-usd"] == "0.999992"
+        else:
+            assert hit.json()["error"]["code"] == "insufficient_quota"
+        redis_sync.delete(day_key(key_prefix))
+
+
+@pytest.mark.parametrize(("policy", "status"), [("open", 200), ("closed", 503)])
+async def test_budgets_follow_on_redis_error(make_client: Any, policy: str, status: int) -> None:
+    client = await make_client(
+        url=f"redis://127.0.0.1:{free_port()}/0",
+        tenants=tenants({"usd_per_day": 1}),
+        rate_limit={"on_redis_error": policy},
+        models=[{"name": "demo", "litellm_model": "demo/echo", "input_cost_per_token": 0.000001}],
+    )
+    response = await client.post(
+        CHAT, json={"model": "demo", "messages": [{"role": "user", "content": "down"}]}, headers=auth()
+    )
+    assert response.status_code == status
+
+
+async def test_a_model_without_a_price_is_refused_to_a_budgeted_tenant(
+    make_client: Any, upstream: Any
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(1, 1)))
+    models = [
+        {
+            "name": "mystery",
+            "litellm_model": "openai/a-model-no-price-map-lists",
+            "api_base": UPSTREAM_BASE,
+            "api_key": "sk-upstream-secret",
+        }
+    ]
+    client = await make_client(tenants=tenants({"usd_per_day": 1}), models=models)
+    body = {"model": "mystery", "messages": [{"role": "user", "content": "hi"}]}
+    refused = await client.post(CHAT, json=body, headers=auth())
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "model_has_no_price"
+    assert refused.json()["error"]["param"] == "model"
+    served = await client.post(CHAT, json=body, headers=auth("globex"))  # no budget: no price needed
+    assert served.status_code == 200
+
+
+async def test_crossing_the_alert_logs_once_per_window(
+    make_client: Any,
+    upstream: Any,
+    redis_sync: redis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    client = await make_client(tenants=tenants({"usd_per_day": 1, "alert_at": 0.5}))
+    redis_sync.hset(day_key(key_prefix), "spent", nano(0.4999))  # each request reserves $0.000616
+    with caplog.at_level(logging.WARNING, logger="llmcp.budget"):
+        for i in range(3):
+            assert (await client.post(CHAT, json=ask(f"alert {i}"), headers=auth())).status_code == 200
+        await runtime(client).limiter.drain()
+    alerts = [r for r in caplog.records if r.name == "llmcp.budget"]
+    assert len(alerts) == 1
+    assert "budget alert: tenant acme" in alerts[0].getMessage()
+    assert "daily budget of $1.000000" in alerts[0].getMessage()
+    await runtime(client).stats.flush()
+    events = await runtime(client).report.recent_events(50)
+    assert [e["tenant"] for e in events if e["event"] == "budget_alert"] == ["acme"]
+
+
+async def test_provider_prompt_cache_key_is_set_and_never_keyed(make_client: Any, upstream: Any) -> None:
+    route = upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    client = await make_client(
+        cache={"provider_prompt_cache_key": "end_user", "provider_prompt_cache_salt": "s"}
+    )
+    a = await client.post(CHAT, json=ask("pk", user="alice"), headers=auth())
+    sent_a = route.calls.last.request
+    b = await client.post(CHAT, json=ask("pk2", user="bob"), headers=auth())
+    sent_b = route.calls.last.request
+    own = await client.post(CHAT, json=ask("pk3", prompt_cache_key="mine"), headers=auth())
+    sent_own = route.calls.last.request
+    import orjson
+
+    key_a = orjson.loads(sent_a.content)["prompt_cache_key"]
+    key_b = orjson.loads(sent_b.content)["prompt_cache_key"]
+    assert key_a.startswith("llmcp-") and key_b.startswith("llmcp-") and key_a != key_b
+    assert "alice" not in key_a and "acme" not in key_a
+    assert orjson.loads(sent_own.content)["prompt_cache_key"] == "mine"
+    assert all(r.status_code == 200 for r in (a, b, own))
+    # Never part of the cache key: the same question with another key is a hit.
+    again = await client.post(CHAT, json=ask("pk", user="alice", prompt_cache_key="other"), headers=auth())
+    assert again.headers["x-cache"] == "HIT"
+    assert again.headers["x-cache-key"] == a.headers["x-cache-key"]
+
+
+async def test_yaml_off_reads_as_off(make_client: Any) -> None:
+    import yaml
+
+    from proxy.config import parse_config
+
+    raw = yaml.safe_load("cache: {provider_prompt_cache_key: off}")
+    config = parse_config(
+        {**raw, "models": [{"name": "d", "litellm_model": "demo/echo"}], "tenants": tenants()}, {}
+    )
+    assert config.cache.provider_prompt_cache_key == "off"
