@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,14 @@ class Stack:
         httpx.post(f"{self.upstream}/_fake/mode", json=mode).raise_for_status()
 
 
-def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -> None:
+def write_config(
+    path: Path,
+    upstream_port: int,
+    prefix: str,
+    models_with_upstream: Callable[[int], dict[str, Any]] | None = None,
+    **sections: Any,
+) -> None:
+    """The stack's config; `models_with_upstream(port)` replaces the model of its name."""
     config: dict[str, Any] = {
         "redis": {"key_prefix": prefix},
         "models": [
@@ -72,6 +80,9 @@ def write_config(path: Path, upstream_port: int, prefix: str, **sections: Any) -
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
         **sections,
     }
+    if models_with_upstream is not None:
+        extra = models_with_upstream(upstream_port)
+        config["models"] = [m for m in config["models"] if m["name"] != extra["name"]] + [extra]
     path.write_text(yaml.safe_dump(config))
 
 
