@@ -149,7 +149,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 parts.append(f"{t.limits.tokens_per_minute} tok/min")
             limits = ", ".join(parts) or "per-model/per-user only"
         mode = "" if t.cache_mode == "normal" else f", {t.cache_mode} mode"
-        print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}{mode}")
+        budget = ""
+        if t.budget:
+            amounts = [
+                f"${v:g}/{w}"
+                for w, v in (("day", t.budget.usd_per_day), ("month", t.budget.usd_per_month))
+                if v
+            ]
+            budget = f", budget {' '.join(amounts) or 'per user only'}"
+        print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}{mode}{budget}")
+    budgeted = [t.name for t in config.tenants if t.budget]
+    if budgeted:
+        from proxy.core.prices import model_prices
+
+        for m in config.models:
+            if model_prices(m) is None:
+                print(
+                    f"  warning  model {m.name} has no price: tenants with a budget ({', '.join(budgeted)}) "
+                    "get 400 model_has_no_price for it; set input_cost_per_token and output_cost_per_token"
+                )
     return 0
 
 

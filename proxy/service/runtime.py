@@ -10,9 +10,11 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError
+from proxy.core.budgets import usd
+from proxy.errors import ConfigError, StoreUnavailable
 from proxy.service.config_watch import ConfigWatcher, file_digest
 from proxy.service.pipeline import Pipeline
 from proxy.service.stages import Stages
@@ -132,6 +134,31 @@ class Runtime:
             len(new.tenants),
         )
         return new
+
+    async def budget_status(self, tenants: list[str]) -> dict[str, Any]:
+        """Each budgeted tenant's spend (settled and reserved) against its budgets in the
+        current UTC day and month, for /stats and the page. End users' budgets are not
+        listed (there may be millions)."""
+        out: dict[str, Any] = {}
+        for name in tenants:
+            tenant = self.config.tenant_index.get(name)
+            if tenant is None or tenant.budget is None:
+                continue
+            budgets = self.limiter.plan_budgets(tenant, None)
+            try:
+                spent = await self.limiter.read_spent(budgets)
+            except StoreUnavailable:
+                continue
+            out[name] = {
+                b.window: {
+                    "limit_usd": float(usd(b.limit)),
+                    "spent_usd": float(usd(value)),
+                    "remaining_usd": float(usd(max(0, b.limit - value))),
+                    "resets_at": b.resets_at,
+                }
+                for b, value in zip(budgets, spent, strict=True)
+            }
+        return out
 
     async def start(self) -> None:
         self.stats.start()

@@ -42,8 +42,23 @@ class _ReportCollector(Collector):
             "Estimated upstream cost avoided by cache hits (USD).",
             labels=["tenant", "model"],
         )
+        provider_cached = CounterMetricFamily(
+            "llmcp_provider_cached_tokens",
+            "Prompt tokens of upstream calls the provider served from its own prompt cache.",
+            labels=["tenant", "model"],
+        )
+        provider_saved = CounterMetricFamily(
+            "llmcp_provider_cache_saved_usd",
+            "What the provider's prompt cache saved on upstream calls (USD), apart from this cache.",
+            labels=["tenant", "model"],
+        )
+        spend = CounterMetricFamily(
+            "llmcp_spend_usd", "Upstream calls at the model's prices (USD).", labels=["tenant", "model"]
+        )
         limited = CounterMetricFamily(
-            "llmcp_rate_limited", "Requests refused by the tenant's rate limits.", labels=["tenant", "kind"]
+            "llmcp_rate_limited",
+            "Requests refused by the tenant's rate limits (kind requests, tokens) or spend budgets (budget).",
+            labels=["tenant", "kind"],
         )
         upstream = CounterMetricFamily(
             "llmcp_upstream_errors", "Upstream provider failures.", labels=["tenant", "model"]
@@ -81,6 +96,9 @@ class _ReportCollector(Collector):
             saved.add_metric([tenant, model, "prompt"], c[schema.Metric.SAVED_PROMPT])
             saved.add_metric([tenant, model, "completion"], c[schema.Metric.SAVED_COMPLETION])
             cost.add_metric([tenant, model], figures.cost_saved)
+            provider_cached.add_metric([tenant, model], c[schema.Metric.PROVIDER_CACHED_PROMPT])
+            provider_saved.add_metric([tenant, model], figures.provider_cache_saved)
+            spend.add_metric([tenant, model], figures.spend)
             upstream.add_metric([tenant, model], c.errors(ErrorKind.UPSTREAM))
             not_cacheable.add_metric([tenant, model], c[schema.Metric.NOT_CACHEABLE])
             for limit in LimitKind:
@@ -96,7 +114,8 @@ class _ReportCollector(Collector):
             redis_err.add_metric([tenant], n)
         for (tenant, kind), n in sorted(error_totals.items()):
             errors.add_metric([tenant, kind], n)
-        yield from (requests, saved, cost, limited, upstream, not_cacheable, redis_err, errors, latency)
+        yield from (requests, saved, cost, provider_cached, provider_saved, spend, limited, upstream)
+        yield from (not_cacheable, redis_err, errors, latency)
         if self._footprint is not None:
             entries = GaugeMetricFamily("llmcp_cache_entries", "Cached answers in Redis.")
             entries.add_metric([], self._footprint["entries"])

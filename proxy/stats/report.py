@@ -38,16 +38,27 @@ _FOOTPRINT_TTL_S = 30.0
 
 
 class Figures:
-    """Counters of one slice (a tenant, a model, or a total) in one window, and the money
-    its cache hits saved (priced per model, so only summed across models)."""
+    """Counters of one slice (a tenant, a model, or a total) in one window, and money (priced
+    per model, so only summed across models): what its cache hits saved, what the
+    provider's prompt cache saved on its upstream calls, and what those calls cost."""
 
-    def __init__(self, counts: Counts | None = None, cost_saved: float = 0.0) -> None:
+    def __init__(
+        self,
+        counts: Counts | None = None,
+        cost_saved: float = 0.0,
+        provider_cache_saved: float = 0.0,
+        spend: float = 0.0,
+    ) -> None:
         self.counts = Counts() if counts is None else counts
         self.cost_saved = cost_saved
+        self.provider_cache_saved = provider_cache_saved
+        self.spend = spend
 
     def add(self, other: Figures) -> None:
         self.counts.update(other.counts)
         self.cost_saved += other.cost_saved
+        self.provider_cache_saved += other.provider_cache_saved
+        self.spend += other.spend
 
     def _percentiles(self, outcome: CacheOutcome) -> dict[str, float | int | None]:
         """p50/p95/p99 by linear interpolation inside the histogram bucket (as Prometheus'
@@ -66,6 +77,8 @@ class Figures:
         saved_p, saved_c = c[Metric.SAVED_PROMPT], c[Metric.SAVED_COMPLETION]
         paid_p, paid_c = c[Metric.UPSTREAM_PROMPT], c[Metric.UPSTREAM_COMPLETION]
         limited_r, limited_t = c.limited(LimitKind.REQUESTS), c.limited(LimitKind.TOKENS)
+        limited_b = c.limited(LimitKind.BUDGET)
+        provider_cached = c[Metric.PROVIDER_CACHED_PROMPT]
         return {
             "requests": c[Metric.REQUESTS],
             "hits": hits,
@@ -74,11 +87,17 @@ class Figures:
             "hit_ratio": round(hits / answered, 4) if answered else 0.0,
             "errors": {kind.value: c.errors(kind) for kind in ErrorKind},
             "rate_limited": {"requests": limited_r, "tokens": limited_t, "total": limited_r + limited_t},
+            "budget_refused": limited_b,
             "limiter_errors": c[Metric.LIMITER_ERRORS],
             "not_cacheable": c[Metric.NOT_CACHEABLE],
             "tokens_saved": {"prompt": saved_p, "completion": saved_c, "total": saved_p + saved_c},
             "upstream_tokens": {"prompt": paid_p, "completion": paid_c, "total": paid_p + paid_c},
             "cost_saved_usd": round(self.cost_saved, 10),
+            # Prompt tokens the provider served from its own prompt cache on upstream calls,
+            # and what its cached price saved on them: apart from what this cache saved.
+            "provider_cached_tokens": provider_cached,
+            "provider_cache_saved_usd": round(self.provider_cache_saved, 10),
+            "spend_usd": round(self.spend, 10),  # upstream calls at the model's prices
             "latency_ms": {o.label: self._percentiles(o) for o in CacheOutcome},
         }
 
@@ -92,11 +111,16 @@ class StatsReport:
     def _priced(self, model: str, counts: Counts) -> Figures:
         """One model's counters, with the tokens its hits saved priced (0 for unknown models)."""
         config = self._config.model_index.get(model)
-        cost = 0.0
-        if config is not None:
-            prices = model_prices(config) or FREE
-            cost = prices.cost_usd(counts[Metric.SAVED_PROMPT], counts[Metric.SAVED_COMPLETION])
-        return Figures(counts, cost)
+        if config is None:
+            return Figures(counts)
+        prices = model_prices(config) or FREE
+        cached = counts[Metric.PROVIDER_CACHED_PROMPT]
+        return Figures(
+            counts,
+            prices.cost_usd(counts[Metric.SAVED_PROMPT], counts[Metric.SAVED_COMPLETION]),
+            prices.cached_saving_usd(cached),
+            prices.cost_usd(counts[Metric.UPSTREAM_PROMPT], counts[Metric.UPSTREAM_COMPLETION], cached),
+        )
 
     async def snapshot(self, tenants: list[str], now: float | None = None) -> dict[str, Any]:
         """The report for these tenants: every window, by tenant and model, plus series."""

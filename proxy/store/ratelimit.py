@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy.config import Config, TenantConfig
 from proxy.core.budgets import Budget, budget_headers, hms, plan_budgets, usd
-from proxy.core.limits import Bucket, BucketPlanner, duration, rate_headers
+from proxy.core.limits import Bucket, BucketPlanner, duration, end_user_id, rate_headers
 from proxy.errors import BudgetExceeded, RateLimited, ServiceUnavailable, StoreUnavailable
 from proxy.store.connection import RedisGate, script
 
@@ -72,6 +72,7 @@ class RateLimiter:
         # budget key -> (spend in nano-dollars, when it was read): the hit path's headers
         self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._refreshing: set[str] = set()
+        self._budget_plans: OrderedDict[tuple[str, str | None, int], tuple[Budget, ...]] = OrderedDict()
 
     def renewed(self, config: Config) -> RateLimiter:
         """A limiter for a reloaded config, sharing this one's scripts, pending settlements
@@ -82,6 +83,7 @@ class RateLimiter:
         fresh._planner = BucketPlanner(config.redis.key_prefix)
         fresh._on_alert, fresh.clock, fresh._known = self._on_alert, self.clock, self._known
         fresh._refreshing = self._refreshing
+        fresh._budget_plans = OrderedDict()  # the budgets may have changed
         return fresh
 
     def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> tuple[Bucket, ...]:
@@ -89,8 +91,22 @@ class RateLimiter:
         return self._planner.plan(tenant, model, end_user)
 
     def plan_budgets(self, tenant: TenantConfig, end_user: str | None) -> tuple[Budget, ...]:
-        """Every budget this request must fit in, in the current windows; empty without a budget."""
-        return plan_budgets(self._config.redis.key_prefix, tenant, end_user, self.clock())
+        """Every budget this request must fit in, in the current windows; empty without a
+        budget. Memoized per (tenant, end user, UTC day) in a bounded LRU: windows change
+        only at midnight (a month's end is a day's)."""
+        budget = tenant.budget
+        if budget is None:
+            return ()
+        now = self.clock()
+        user = end_user_id(end_user) if budget.per_user is not None and end_user else None
+        memo = (tenant.name, user, int(now // 86400))
+        plan = self._budget_plans.get(memo)
+        if plan is None:
+            plan = plan_budgets(self._config.redis.key_prefix, tenant, end_user, now)
+            self._budget_plans[memo] = plan
+            if len(self._budget_plans) > _MAX_KNOWN:
+                self._budget_plans.popitem(last=False)
+        return plan
 
     async def acquire(
         self,

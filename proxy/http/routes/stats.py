@@ -36,6 +36,7 @@ async def build_report(runtime: Runtime, tenants: list[str], admin: bool) -> dic
     if admin and runtime.config.cache.scope == "shared":
         namespaces.append("shared")
     report["cache"] = await runtime.report.footprint(namespaces)
+    report["budgets"] = await runtime.budget_status(tenants)
     report["scope"] = "admin" if admin else f"tenant:{tenants[0]}"
     return report
 

@@ -47,3 +47,18 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     env["LLMCP_CONFIG"] = str(tmp_path / "missing.yaml")
     result = run("check-config", env=env)
     assert result.returncode == 1 and "config file not found" in result.stderr
+
+
+def test_check_config_warns_of_models_a_budget_cannot_price(tmp_path: Path) -> None:
+    config = tmp_path / "budget.yaml"
+    config.write_text(
+        "models:\n"
+        "  - {name: priced, litellm_model: openai/gpt-4o-mini}\n"
+        "  - {name: mystery, litellm_model: openai/no-price-map-lists-this}\n"
+        "tenants: [{name: acme, api_keys: [sk-acme-key-1], budget: {usd_per_day: 25, usd_per_month: 500}}]\n"
+    )
+    result = run("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "tenant   acme: 1 key(s), unlimited, budget $25/day $500/month" in result.stdout
+    warnings = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "model mystery has no price" in warnings[0]
