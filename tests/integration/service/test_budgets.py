@@ -391,3 +391,27 @@ async def test_yaml_off_reads_as_off(make_client: Any) -> None:
         {**raw, "models": [{"name": "d", "litellm_model": "demo/echo"}], "tenants": tenants()}, {}
     )
     assert config.cache.provider_prompt_cache_key == "off"
+
+
+async def test_stats_show_both_savings_spend_and_the_budgets(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(1000, 100, cached=800)))
+    client = await make_client(tenants=tenants({"usd_per_day": 5, "usd_per_month": 50}))
+    for _ in range(2):  # a miss (the provider served 800 prompt tokens from its cache), a hit
+        await client.post(CHAT, json=ask("stats"), headers=auth())
+    await client.post(CHAT, json=ask("refused", max_tokens=10_000_000), headers=auth())
+    await runtime(client).limiter.drain()
+    report = (await client.get("/stats", headers=auth())).json()
+    acme = report["windows"]["1h"]["tenants"]["acme"]["totals"]
+    assert acme["provider_cached_tokens"] == 800
+    assert acme["provider_cache_saved_usd"] == pytest.approx(800 * (P_IN - P_CACHED) / 1e12)
+    assert acme["spend_usd"] == pytest.approx(150_000 / 1e9)
+    assert acme["cost_saved_usd"] == pytest.approx((1000 * P_IN + 100 * P_OUT) / 1e12)  # the hit
+    assert acme["budget_refused"] == 1
+    day = report["budgets"]["acme"]["day"]
+    assert (day["limit_usd"], day["spent_usd"], day["remaining_usd"]) == (5.0, 0.00015, 4.99985)
+    assert report["budgets"]["acme"]["month"]["limit_usd"] == 50.0
+    metrics = (await client.get("/metrics", headers=auth("admin"))).text
+    assert 'llmcp_provider_cached_tokens_total{model="gpt-4o-mini",tenant="acme"} 800.0' in metrics
+    assert 'llmcp_rate_limited_total{kind="budget",tenant="acme"} 1.0' in metrics
