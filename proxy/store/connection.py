@@ -38,8 +38,20 @@ FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def script(client: Any, name: str) -> Any:
-    """`proxy/lua/<name>` registered on the client: EVALSHA, reloaded on NOSCRIPT."""
-    return client.register_script(files("proxy.store").joinpath("lua", name).read_text(encoding="utf-8"))
+    """`proxy/store/lua/<name>` registered on the client: EVALSHA, reloaded on NOSCRIPT.
+    A line `--@include <file>` is replaced by that file (code two scripts share)."""
+    return client.register_script(lua_source(name))
+
+
+def lua_source(name: str) -> str:
+    lua = files("proxy.store").joinpath("lua")
+    lines = lua.joinpath(name).read_text(encoding="utf-8").splitlines()
+    return "\n".join(
+        lua.joinpath(line.removeprefix("--@include ").strip()).read_text(encoding="utf-8")
+        if line.startswith("--@include ")
+        else line
+        for line in lines
+    )
 
 
 def is_cluster_url(url: str) -> bool:

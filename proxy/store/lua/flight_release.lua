@@ -8,14 +8,6 @@
 -- ARGV[4]  how long (ms) the chunk stream lingers for late streaming followers.
 --
 -- Returns 1 when the lock was ours and is released, 0 when it had already expired.
-local ours = redis.call('GET', KEYS[1]) == ARGV[1]
-if ours then
-  redis.call('DEL', KEYS[1])
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', 'end', ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-if ours then return 1 end
+--@include flight_end.lua
+if end_flight(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 1 end
 return 0
