@@ -18,7 +18,7 @@ from typing import Any
 from proxy.config import ModelConfig, TenantConfig
 from proxy.core.apis.base import Adapter, Usage
 from proxy.core.cache_controls import CacheControls, CacheStatus, RequestMeta
-from proxy.stats.schema import RequestRecord
+from proxy.stats.schema import CacheOutcome, RequestRecord
 from proxy.store.flight import Flight
 from proxy.store.ratelimit import Reservation
 
@@ -81,8 +81,11 @@ class ProxyRequest:
         self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
 
     def served_coalesced(self) -> None:
+        """A single-flight follower: the client sees a hit (`X-Cache: HIT`,
+        `X-Cache-Coalesced: 1`); the stats count it as its own outcome, COALESCED, since
+        it waited for an upstream call instead of reading the cache."""
         self.coalesced = True
-        self.record.coalesced = True
+        self.record.cache = CacheOutcome.COALESCED.value
 
     def answered_upstream(self, partial: bool = False) -> None:
         """The provider answered: the request counts as the miss (or bypass) it reported.
