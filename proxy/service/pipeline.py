@@ -23,6 +23,7 @@ from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.stages import Stages
 from proxy.service.stream import StreamingMiss
+from proxy.service.tracing import call_ended, call_failed, call_responded, call_started, span
 
 
 class Pipeline:
@@ -51,7 +52,8 @@ class Pipeline:
         req.include_usage = api.include_usage(req.body)
         if req.controls.lookup:
             try:
-                entry = await stages.cache.get(req.key)
+                with span(req.trace, "llmcp.cache.lookup"):
+                    entry = await stages.cache.get(req.key)
                 req.looked_up()
             except StoreUnavailable:
                 entry = None
@@ -92,13 +94,17 @@ class Pipeline:
         stages = self.stages
         assert req.model is not None
         upstream = stages.upstreams.for_model(req.model, api)
+        call_started(req.trace, req.model, req.body, False)
         try:
             response = await upstream.complete(req.model, req.body, api)
-        except BaseException:
+        except BaseException as exc:
             stages.limiter.settle(req.reservation, 0)
+            call_failed(req.trace, exc)
             raise
         req.answered_upstream()  # counted once the upstream answered
         usage = api.usage_of(response)
+        call_responded(req.trace, response)
+        call_ended(req.trace, usage)
         stages.limiter.settle(req.reservation, req.note_usage(usage))
         body = orjson.dumps(response)
         stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import ModelConfig, TenantConfig
 from proxy.core.apis.base import Adapter, Usage
@@ -21,6 +21,9 @@ from proxy.core.cache_controls import CacheControls, CacheStatus, RequestMeta
 from proxy.stats.schema import CacheOutcome, RequestRecord
 from proxy.store.flight import Flight
 from proxy.store.ratelimit import Reservation
+
+if TYPE_CHECKING:
+    from proxy.service.tracing import RequestTrace
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -61,6 +64,7 @@ class ProxyRequest:
     prompt_estimate: int = 0
     flight: Flight | None = None  # set while this request leads a single flight
     flight_digest: str = ""
+    trace: RequestTrace | None = None  # its spans, when tracing is on (proxy.service.tracing)
 
     @property
     def end_user(self) -> str | None:

@@ -21,6 +21,7 @@ from proxy.core.cache_controls import CacheControls, CacheStatus, cache_controls
 from proxy.core.validation import parse_json_object
 from proxy.errors import ModelNotFound, StoreUnavailable
 from proxy.service.request import SSE, ProxyRequest, Reply
+from proxy.service.tracing import span
 from proxy.store.cache import CacheStore, Entry, decode_entry
 from proxy.store.flight import Flight, SingleFlight
 from proxy.store.ratelimit import RateLimiter
@@ -97,7 +98,8 @@ class Stages:
             assert isinstance(req.api, GenerationAdapter)
             return None if entry is None else self.hit_reply(req.api, req, entry)
         if not flight.leader:
-            return await follow(req, flight, recheck)
+            with span(req.trace, "llmcp.single_flight.wait"):
+                return await follow(req, flight, recheck)
         req.flight = flight
         if entry_key is not None:
             return None
@@ -126,7 +128,8 @@ class Stages:
         if not buckets:
             return
         cost = tokens() if any(b.kind == "tokens" for b in buckets) else 0
-        reservation = await self.limiter.acquire(buckets, cost)
+        with span(req.trace, "llmcp.ratelimit"):
+            reservation = await self.limiter.acquire(buckets, cost)
         if reservation is None:
             req.record.limiter_error = True
             return
