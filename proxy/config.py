@@ -12,6 +12,7 @@ dict. Every failure is one `ConfigError` whose message names the field, e.g.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import re
 from collections.abc import Mapping
@@ -345,6 +346,30 @@ class ReviewConfig(_Strict):
     keep_prompts: bool = True
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (`proxy.service.tracing`): off by default. The exporter is set by
+    the standard OTEL_* environment variables (OTLP over HTTP unless they say otherwise)."""
+
+    enabled: bool = False
+
+    @field_validator("enabled")
+    @classmethod
+    def _installed(cls, enabled: bool) -> bool:
+        # Found, not imported: the packages are an optional extra, imported only when serving.
+        if enabled and not _importable("opentelemetry.sdk.trace"):
+            raise ValueError(
+                "OpenTelemetry is not installed: pip install 'llm-cache-proxy[tracing]' (or set it to false)"
+            )
+        return enabled
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, AttributeError, ValueError):  # a parent package missing, or blocked
+        return False
+
+
 class AdminConfig(_Strict):
     api_keys: tuple[str, ...] = ()
 
@@ -363,6 +388,7 @@ class Config(_Strict):
     admin: AdminConfig = AdminConfig()
     stats: StatsConfig = StatsConfig()
     single_flight: SingleFlightConfig = SingleFlightConfig()
+    tracing: TracingConfig = TracingConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 

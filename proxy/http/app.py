@@ -34,6 +34,7 @@ from proxy.http.routes.review import router as review_router
 from proxy.http.routes.stats import router as stats_router
 from proxy.logs import flush_access_log
 from proxy.service.runtime import Runtime
+from proxy.service.tracing import Tracing
 from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp")
@@ -69,14 +70,18 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: Config, redis_url: str, upstreams: Upstreams | None = None, config_path: str | None = None
+    config: Config,
+    redis_url: str,
+    upstreams: Upstreams | None = None,
+    config_path: str | None = None,
+    tracing: Tracing | None = None,
 ) -> FastPath:
     """The proxy app: the raw ASGI chat endpoint in front of the FastAPI app for the rest;
-    `upstreams` lets tests and benchmarks swap the provider side."""
+    `upstreams` lets tests and benchmarks swap the provider side, `tracing` the span exporter."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(config, redis_url, upstreams, config_path)
+        runtime = Runtime.build(config, redis_url, upstreams, config_path, tracing)
         await runtime.start()
         app.state.runtime = runtime
         hup = _reload_on_sighup(runtime)

@@ -27,6 +27,7 @@ from proxy.http.errors import error_parts
 from proxy.http.headers import Headers, response_headers
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.runtime import Runtime
+from proxy.service.tracing import RequestTrace
 from proxy.stats.schema import RequestRecord, classify
 
 # The cached endpoints, each with the adapter that says what is particular to it.
@@ -43,6 +44,8 @@ _WANTED = {
     b"x-cache-ttl",
     b"x-end-user",
     b"x-request-id",
+    b"traceparent",  # W3C trace context: a traced request continues the client's trace
+    b"tracestate",
 }
 _LOGGED_PROMPT_BYTES = 4096
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -81,6 +84,8 @@ class FastPath:
         record = RequestRecord()
         headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
         request_id = _request_id(headers.get("x-request-id"))
+        tracing, req = runtime.tracing, None
+        trace = None if tracing is None else tracing.start(path, request_id, headers)
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {path}.")
@@ -94,25 +99,25 @@ class FastPath:
             meta = RequestMeta(
                 headers.get("cache-control"), headers.get("x-cache-ttl"), headers.get("x-end-user")
             )
-            req = ProxyRequest(tenant, meta, record)
+            req = ProxyRequest(tenant, meta, record, trace=trace)
             reply = await runtime.pipeline.answer(api, req, raw)
         except Exception as exc:
             classify(record, exc)
             status, extra, body = error_parts(exc)
-            _finish(runtime, record, request_id, path, status)
+            _finish(runtime, record, request_id, path, status, trace, req)
             error_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
             error_headers.append((b"x-request-id", request_id.encode()))
             await _send_whole(send, status, error_headers, body, "application/json")
             return
         out = response_headers(req, request_id)
         if reply.stream is None:
-            _finish(runtime, record, request_id, path, reply.status)
+            _finish(runtime, record, request_id, path, reply.status, trace, req)
             await _send_whole(send, reply.status, out, reply.body, reply.media_type)
             return
         try:
             await _send_stream(send, receive, reply, reply.stream, out)
         finally:
-            _finish(runtime, record, request_id, path, reply.status)
+            _finish(runtime, record, request_id, path, reply.status, trace, req)
 
     def _headers_fit(self, scope: Scope) -> bool:
         runtime = getattr(self.inner.state, "runtime", None)  # None before the lifespan ran
@@ -133,9 +138,22 @@ def _authorizations(headers: list[tuple[bytes, bytes]]) -> int:
     return sum(1 for name, _ in headers if name == b"authorization")
 
 
-def _finish(runtime: Runtime, record: RequestRecord, request_id: str, path: str, status: int) -> None:
+def _finish(
+    runtime: Runtime,
+    record: RequestRecord,
+    request_id: str,
+    path: str,
+    status: int,
+    trace: RequestTrace | None = None,
+    req: ProxyRequest | None = None,
+) -> None:
     runtime.stats.record(record)
     log_request(record, request_id, path, status)
+    if trace is not None:
+        if req is None:
+            trace.finish(record, status)
+        else:
+            trace.finish(record, status, req.status.value, req.digest, req.model)
 
 
 # Fresh request ids: unique, not secret, so a random per-process prefix and a counter

@@ -1,6 +1,7 @@
 """The follower's side of single flight: be answered by the leader's upstream call.
 
-A follower is served as a hit (`X-Cache-Coalesced: 1`): from the cache once the leader
+A follower is served as a hit (`X-Cache-Coalesced: 1`; the stats count it as `coalesced`,
+`ProxyRequest.served_coalesced`): from the cache once the leader
 stored its answer, or, when both stream, live from the leader's chunk stream. Whenever
 that cannot happen (the leader failed, vanished or took too long) `follow` returns None
 and the request makes its own upstream call: a follower never hangs and never gets a

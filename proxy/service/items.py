@@ -25,6 +25,7 @@ from proxy.service.follower import Follower
 from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.stages import Stages
+from proxy.service.tracing import call_ended, call_failed, call_started, span
 
 
 class ItemFlow:
@@ -47,7 +48,9 @@ class ItemFlow:
         saved = 0
         if req.controls.lookup:
             try:
-                saved = self._fill(found, range(len(keys)), await stages.cache.get_items(keys))
+                with span(req.trace, "llmcp.cache.lookup"):
+                    values = await stages.cache.get_items(keys)
+                saved = self._fill(found, range(len(keys)), values)
                 req.looked_up()
             except StoreUnavailable:
                 req.record.redis_error = True
@@ -133,6 +136,7 @@ class ItemFlow:
         upstream = stages.upstreams.for_model(model, api)
         used, stored = 0, req.controls.store
         batch = model.embedding_batch_size
+        call_started(req.trace, model, parsed.params, False)
         try:
             for start in range(0, len(missing), batch):
                 part = missing[start : start + batch]
@@ -148,10 +152,12 @@ class ItemFlow:
                     if req.controls.keep_request:  # record mode: each item's request beside it (fixtures)
                         items = [parsed.items[i] for i in part]
                         await self._replay.keep_items(req, [keys[i] for i in part], items, parsed.keyed)
-        except BaseException:
+        except BaseException as exc:
             stages.settle(req, (used, 0))
+            call_failed(req.trace, exc)
             raise
         stages.settle(req, (used, 0))
+        call_ended(req.trace, (used, 0))
         return used, stored
 
     async def _store(self, keys: list[str], values: list[bytes], ttl: int) -> bool:

@@ -23,6 +23,7 @@ from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.stages import Stages
 from proxy.service.stream import StreamingMiss
+from proxy.service.tracing import call_ended, call_failed, call_responded, call_started, span
 
 
 class Pipeline:
@@ -55,7 +56,8 @@ class Pipeline:
         req.include_usage = api.include_usage(req.body)
         if req.controls.lookup:
             try:
-                entry = await stages.cache.get(req.key)
+                with span(req.trace, "llmcp.cache.lookup"):
+                    entry = await stages.cache.get(req.key)
                 req.looked_up()
             except StoreUnavailable:
                 entry = None
@@ -97,13 +99,17 @@ class Pipeline:
         stages = self.stages
         assert req.model is not None
         upstream = stages.upstreams.for_model(req.model, api)
+        call_started(req.trace, req.model, req.body, False)
         try:
             response = await upstream.complete(req.model, stages.forwarded_body(req), api)
-        except BaseException:
+        except BaseException as exc:
             stages.settle(req, None)
+            call_failed(req.trace, exc)
             raise
         req.answered_upstream()  # counted once the upstream answered
         usage, cached = api.usage_of(response), api.cached_tokens_of(response)
+        call_responded(req.trace, response)
+        call_ended(req.trace, usage)
         req.note_usage(usage, cached)
         stages.settle(req, usage, cached)
         body = orjson.dumps(response)

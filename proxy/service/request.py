@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import ModelConfig, TenantConfig
 from proxy.core.apis.base import Adapter, Usage
 from proxy.core.budgets import Budget
 from proxy.core.cache_controls import CacheControls, CacheStatus, RequestMeta
-from proxy.stats.schema import RequestRecord
+from proxy.stats.schema import CacheOutcome, RequestRecord
 from proxy.store.flight import Flight
 from proxy.store.ratelimit import Reservation
+
+if TYPE_CHECKING:
+    from proxy.service.tracing import RequestTrace
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -64,6 +67,7 @@ class ProxyRequest:
     prompt_estimate: int = 0
     flight: Flight | None = None  # set while this request leads a single flight
     flight_digest: str = ""
+    trace: RequestTrace | None = None  # its spans, when tracing is on (proxy.service.tracing)
 
     @property
     def end_user(self) -> str | None:
@@ -84,8 +88,11 @@ class ProxyRequest:
         self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
 
     def served_coalesced(self) -> None:
+        """A single-flight follower: the client sees a hit (`X-Cache: HIT`,
+        `X-Cache-Coalesced: 1`); the stats count it as its own outcome, COALESCED, since
+        it waited for an upstream call instead of reading the cache."""
         self.coalesced = True
-        self.record.coalesced = True
+        self.record.cache = CacheOutcome.COALESCED.value
 
     def answered_upstream(self, partial: bool = False) -> None:
         """The provider answered: the request counts as the miss (or bypass) it reported.

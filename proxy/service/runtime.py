@@ -18,6 +18,7 @@ from proxy.errors import ConfigError, StoreUnavailable
 from proxy.service.config_watch import ConfigWatcher, file_digest
 from proxy.service.pipeline import Pipeline
 from proxy.service.stages import Stages
+from proxy.service.tracing import Tracing
 from proxy.stats.recorder import StatsRecorder
 from proxy.stats.report import StatsReport
 from proxy.store.cache import CacheStore
@@ -46,6 +47,7 @@ class Runtime:
     l1_cache: L1Cache | None = None
     config_path: str | None = None
     watcher: ConfigWatcher | None = None
+    tracing: Tracing | None = None  # None unless tracing.enabled
 
     @classmethod
     def build(
@@ -54,7 +56,10 @@ class Runtime:
         redis_url: str,
         upstreams: Upstreams | None = None,
         config_path: str | None = None,
+        tracing: Tracing | None = None,
     ) -> Runtime:
+        """`tracing` replaces the one tracing.enabled builds from the OTEL_* environment (tests
+        pass one with an in-memory exporter)."""
         gate = RedisGate(
             connect(redis_url, config.redis), config.redis.retry_after_ms, config.redis.breaker_failures
         )
@@ -74,6 +79,7 @@ class Runtime:
         if l1 is not None:
             # Subscriptions idle for long: a connection of their own, with no read timeout.
             subscriber = L1Subscriber(l1, blocking_client(gate.client, None, 2), config.redis.key_prefix)
+        tracing = tracing or Tracing.build(config, os.environ)
         return cls(
             config,
             gate,
@@ -87,6 +93,7 @@ class Runtime:
             subscriber,
             l1,
             config_path,
+            tracing=tracing,
         )
 
     def reload(self, new: Config) -> None:
@@ -96,7 +103,7 @@ class Runtime:
         need a restart."""
         # Held by long-lived objects (connections, flusher, flights, HTTP clients): a reload
         # cannot change them, so it refuses rather than ignore them silently.
-        for section in ("redis", "server", "upstream", "stats", "single_flight"):
+        for section in ("redis", "server", "upstream", "stats", "single_flight", "tracing"):
             if getattr(new, section) != getattr(self.config, section):
                 raise ConfigError(f"{section}.* changed: restart the proxy for that (nothing was reloaded)")
         if new.cache.l1 != self.config.cache.l1:
@@ -189,3 +196,5 @@ class Runtime:
             await self.l1.stop()
         await self.upstreams.aclose()
         await self.gate.aclose()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still queued

@@ -23,6 +23,7 @@ from proxy.core.prices import FREE, Prices, model_prices
 from proxy.core.validation import parse_json_object
 from proxy.errors import ModelHasNoPrice, ModelNotFound, StoreUnavailable
 from proxy.service.request import SSE, ProxyRequest, Reply
+from proxy.service.tracing import span
 from proxy.store.cache import CacheStore, Entry, decode_entry
 from proxy.store.flight import Flight, SingleFlight
 from proxy.store.ratelimit import RateLimiter
@@ -135,7 +136,8 @@ class Stages:
             assert isinstance(req.api, GenerationAdapter)
             return None if entry is None else self.hit_reply(req.api, req, entry)
         if not flight.leader:
-            return await follow(req, flight, recheck)
+            with span(req.trace, "llmcp.single_flight.wait"):
+                return await follow(req, flight, recheck)
         req.flight = flight
         if entry_key is not None:
             return None
@@ -170,7 +172,10 @@ class Stages:
         prompt, completion = estimate() if wants_tokens or (budgets and settle) else (0, 0)
         amount = (self.prices(req.model) or FREE).cost_nano(prompt, completion) if budgets and settle else 0
         now = self.limiter.clock()
-        reservation = await self.limiter.acquire(buckets, prompt + completion, budgets=budgets, amount=amount)
+        with span(req.trace, "llmcp.ratelimit"):
+            reservation = await self.limiter.acquire(
+                buckets, prompt + completion, budgets=budgets, amount=amount
+            )
         if reservation is None:
             req.record.limiter_error = True
             return

@@ -22,6 +22,7 @@ from proxy.core.tokens import count_text, encoding, encoding_name
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.service.stages import Stages
+from proxy.service.tracing import call_ended, call_failed, call_responded, call_started
 
 log = logging.getLogger("llmcp.service")
 Chunks = AsyncIterator[dict[str, Any]]
@@ -37,16 +38,21 @@ class StreamingMiss:
         stages = self._stages
         assert req.model is not None
         upstream = stages.upstreams.for_model(req.model, api)
+        call_started(req.trace, req.model, req.body, True)
         try:
             chunks = await upstream.stream(req.model, stages.forwarded_body(req), api)
             first = await anext(chunks)
         except StopAsyncIteration:
             stages.settle(req, None)
-            raise UpstreamError("The upstream provider ended the stream without an answer.") from None
-        except BaseException:
+            error = UpstreamError("The upstream provider ended the stream without an answer.")
+            call_failed(req.trace, error)
+            raise error from None
+        except BaseException as exc:
             stages.settle(req, None)
+            call_failed(req.trace, exc)
             raise
         req.answered_upstream()
+        call_responded(req.trace, first)
         return Reply(stream=self._relay(api, req, first, chunks), media_type=SSE)
 
     async def _relay(
@@ -83,6 +89,7 @@ class StreamingMiss:
         except ProxyError as exc:
             log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
             req.record.error = "upstream"
+            call_failed(req.trace, exc)
             yield api.error_event(exc)
         except (GeneratorExit, asyncio.CancelledError):
             if finish:
@@ -145,6 +152,7 @@ class StreamingMiss:
         reported = assembler.usage_counts()
         if reported:
             req.note_usage(reported, assembler.cached_tokens())
+        call_ended(req.trace, reported)
         stages.settle(req, self._streamed_usage(api, req, assembler), assembler.cached_tokens())
         closer = getattr(chunks, "aclose", None)
         if closer is not None:

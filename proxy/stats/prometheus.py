@@ -30,7 +30,9 @@ class _ReportCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "llmcp_requests", "Chat requests answered, by cache outcome.", labels=["tenant", "model", "cache"]
+            "llmcp_requests",
+            "Requests answered, by cache outcome (hit, miss, bypass, coalesced).",
+            labels=["tenant", "model", "cache"],
         )
         saved = CounterMetricFamily(
             "llmcp_tokens_saved",

@@ -88,15 +88,13 @@ class StatsRecorder:
             counts[(tenant, minute, model, Metric.PROVIDER_CACHED_PROMPT)] += rec.provider_cached_tokens
         if rec.saved_tokens:
             counts[(tenant, minute, model, Metric.SAVED_PROMPT)] += rec.saved_tokens
-        if rec.coalesced:
-            counts[(tenant, minute, model, Metric.COALESCED)] += 1
         if rec.not_cacheable:
             counts[(tenant, minute, model, Metric.NOT_CACHEABLE)] += 1
         if rec.limiter_error:
             counts[(tenant, minute, model, Metric.LIMITER_ERRORS)] += 1
         if self._events_max:
             event = event_fields(rec, now, latency_ms)
-            if outcome is CacheOutcome.HIT:
+            if outcome is CacheOutcome.HIT or outcome is CacheOutcome.COALESCED:
                 self._hits_seen += 1
                 self._hit_events.append(event)
             else:

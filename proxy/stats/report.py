@@ -1,5 +1,9 @@
 """Reads the stats counters back and turns them into the /stats report and /metrics figures.
 
+Ratios: `hit_ratio` is hits over answered requests (hits, misses, bypasses and coalesced
+followers): the share the cache itself answered. `upstream_avoided_ratio` adds the
+followers: the share that caused no upstream call (what "tokens saved" counts).
+
 Windows are sums of time buckets (UTC): "1h" = the last 60 minute buckets, "24h" = the
 last 24 hour buckets, "7d" = the last 7 day buckets (each includes the current, partial
 bucket), "all" = all-time totals. Latency percentiles are read off fixed histogram
@@ -31,8 +35,8 @@ from proxy.store.stats import SPAN_SECONDS, Bucket, Span, StatsStore
 
 # window -> (time bucket span, how many buckets), or None for the all-time totals
 WINDOWS: dict[str, tuple[Span, int] | None] = {"1h": ("m", 60), "24h": ("h", 24), "7d": ("d", 7), "all": None}
-_SERIES_WINDOWS = ("1h", "24h")  # the windows /stats also gives bucket by bucket
-_SERIES_METRICS = (Metric.REQUESTS, Metric.HIT, Metric.MISS, Metric.BYPASS)
+_SERIES_WINDOWS = ("1h", "24h", "7d")  # the windows /stats also gives bucket by bucket
+_SERIES_METRICS = (Metric.REQUESTS, Metric.HIT, Metric.MISS, Metric.BYPASS, Metric.COALESCED)
 _FOOTPRINT_SAMPLE = 64
 _FOOTPRINT_TTL_S = 30.0
 
@@ -73,7 +77,7 @@ class Figures:
     def to_json(self) -> dict[str, Any]:
         c = self.counts
         hits, misses, bypasses = c[Metric.HIT], c[Metric.MISS], c[Metric.BYPASS]
-        answered = hits + misses + bypasses
+        coalesced, answered = c[Metric.COALESCED], c.answered()
         saved_p, saved_c = c[Metric.SAVED_PROMPT], c[Metric.SAVED_COMPLETION]
         paid_p, paid_c = c[Metric.UPSTREAM_PROMPT], c[Metric.UPSTREAM_COMPLETION]
         limited_r, limited_t = c.limited(LimitKind.REQUESTS), c.limited(LimitKind.TOKENS)
@@ -84,7 +88,9 @@ class Figures:
             "hits": hits,
             "misses": misses,
             "bypasses": bypasses,
+            "coalesced": coalesced,
             "hit_ratio": round(hits / answered, 4) if answered else 0.0,
+            "upstream_avoided_ratio": round((hits + coalesced) / answered, 4) if answered else 0.0,
             "errors": {kind.value: c.errors(kind) for kind in ErrorKind},
             "rate_limited": {"requests": limited_r, "tokens": limited_t, "total": limited_r + limited_t},
             "budget_refused": limited_b,
@@ -176,6 +182,8 @@ class StatsReport:
             "tenants": tenants,
             "windows": windows,
             "series": {name: _series(points) for name, points in series.items()},
+            # Seconds per series point: the page's time axis (minutes, hours, days).
+            "series_step_seconds": {w: _step(w) for w in _SERIES_WINDOWS},
         }
 
     async def all_time(self, tenants: Sequence[str]) -> dict[tuple[str, str], Figures]:
@@ -222,18 +230,27 @@ def _quantile(buckets: list[int], total: int, q: float) -> float:
     return lower
 
 
+def _step(window: str) -> int:
+    spec = WINDOWS[window]
+    assert spec is not None  # series windows are time windows
+    return SPAN_SECONDS[spec[0]]
+
+
 def _series(points: dict[int, Counts]) -> list[dict[str, Any]]:
     out = []
     for start in sorted(points):
         c = points[start]
-        hits = c[Metric.HIT]
-        answered = hits + c[Metric.MISS] + c[Metric.BYPASS]
+        hits, answered = c[Metric.HIT], c.answered()
         out.append(
             {
                 "t": start,
                 "requests": c[Metric.REQUESTS],
                 "hits": hits,
+                "coalesced": c[Metric.COALESCED],
                 "hit_ratio": round(hits / answered, 4) if answered else None,
+                "upstream_avoided_ratio": (
+                    round((hits + c[Metric.COALESCED]) / answered, 4) if answered else None
+                ),
             }
         )
     return out

@@ -4,13 +4,19 @@ This module is the only place that knows a counter's name. A counter is one `Any
 of one model; in Redis it is the hash field `<model>|<metric>` (model names may not
 contain `|`), see docs/keyspace.md:
 
-    Metric           requests, hit, miss, bypass, err_<ErrorKind>, limited_<LimitKind>,
-                     limiter_errors, saved_/upstream_<prompt|completion>,
-                     provider_cached_prompt, coalesced,
+    Metric           requests, hit, miss, bypass, coalesced, err_<ErrorKind>,
+                     limited_<LimitKind>, limiter_errors, saved_/upstream_<prompt|completion>,
+                     provider_cached_prompt,
                      not_cacheable, events_skipped
-    LatencyBucket    lat_<hit|miss|bypass>|<i>: answers that took at most
+    LatencyBucket    lat_<hit|miss|bypass|coalesced>|<i>: answers that took at most
                      LATENCY_BOUNDS_MS[i] (and more than the bound before it)
-    LatencySum       lat_<hit|miss|bypass>_sum_us: their total time, in microseconds
+    LatencySum       lat_<hit|miss|bypass|coalesced>_sum_us: their total time, in microseconds
+
+Each answered request has one CacheOutcome. A single-flight follower (served from another
+request's upstream call) is COALESCED, not HIT: it made no upstream call, so its tokens
+count as saved, but it waited for one, so its latency is a miss's and has its own
+histogram. Counters written before that (followers counted as `hit` and `coalesced`,
+with no `lat_coalesced`) are read back right by `decode_hash` (see `_count_old_followers`).
 
 `field` and `parse_field` are the one encode/decode pair; everything else handles typed
 metrics. The hash and key layout belong to proxy.store.stats, which sees fields as opaque.
@@ -61,11 +67,13 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
 
 
 class CacheOutcome(StrEnum):
-    """How the cache answered (the `X-Cache` values the stats count)."""
+    """How the cache answered, as counted: the `X-Cache` values, except that a follower
+    (`X-Cache: HIT` with `X-Cache-Coalesced: 1`) is COALESCED."""
 
     HIT = "HIT"
     MISS = "MISS"
     BYPASS = "BYPASS"
+    COALESCED = "COALESCED"
 
     @property
     def label(self) -> str:
@@ -114,7 +122,7 @@ class Metric(StrEnum):
     # Prompt tokens of upstream answers the provider served from its own prompt cache
     # (usage.prompt_tokens_details.cached_tokens): billed at its cached price.
     PROVIDER_CACHED_PROMPT = "provider_cached_prompt"
-    COALESCED = "coalesced"  # served from another request's upstream call (single flight)
+    COALESCED = "coalesced"  # answered by another request's upstream call (CacheOutcome.COALESCED)
     # Served but not stored: the proxy could not be sure to replay the answer exactly (an
     # ambiguous stream, a stream without usage) or it expires too soon (audio).
     NOT_CACHEABLE = "not_cacheable"
@@ -144,9 +152,10 @@ LATENCY_BUCKETS: dict[CacheOutcome, tuple[LatencyBucket, ...]] = {
     o: tuple(LatencyBucket(o, i) for i in range(len(LATENCY_BOUNDS_MS))) for o in CacheOutcome
 }
 LATENCY_SUM: dict[CacheOutcome, LatencySum] = {o: LatencySum(o) for o in CacheOutcome}
-# (prompt, completion) metrics the answer's tokens count under: a hit saved them.
+# (prompt, completion) metrics the answer's tokens count under: a hit or a follower saved them.
 TOKEN_METRICS: dict[CacheOutcome, tuple[Metric, Metric]] = {
     CacheOutcome.HIT: (Metric.SAVED_PROMPT, Metric.SAVED_COMPLETION),
+    CacheOutcome.COALESCED: (Metric.SAVED_PROMPT, Metric.SAVED_COMPLETION),
     CacheOutcome.MISS: (Metric.UPSTREAM_PROMPT, Metric.UPSTREAM_COMPLETION),
     CacheOutcome.BYPASS: (Metric.UPSTREAM_PROMPT, Metric.UPSTREAM_COMPLETION),
 }
@@ -193,6 +202,10 @@ def latency_bucket(ms: float) -> int:
 class Counts(Counter[AnyMetric]):
     """One slice's counters (a model, a tenant, a total), read by metric."""
 
+    def answered(self) -> int:
+        """Requests answered with an outcome (hit, miss, bypass or coalesced)."""
+        return sum(self[m] for m in OUTCOME_METRIC.values())
+
     def latency_histogram(self, outcome: CacheOutcome) -> list[int]:
         """Answers per LATENCY_BOUNDS_MS bucket (not cumulative)."""
         return [self[b] for b in LATENCY_BUCKETS[outcome]]
@@ -215,7 +228,19 @@ def decode_hash(fields: Mapping[str, int]) -> dict[str, Counts]:
         if parsed is not None:
             model, metric = parsed
             per_model.setdefault(model, Counts())[metric] += n
+    for counts in per_model.values():
+        counts[Metric.HIT] -= _count_old_followers(counts)
     return per_model
+
+
+def _count_old_followers(counts: Counts) -> int:
+    """Followers counted the old way, as `hit` plus `coalesced` (by a version, or a replica
+    in a rolling upgrade, from before COALESCED was an outcome): `coalesced` minus the
+    followers with a `lat_coalesced` bucket. Taking them off `hit` keeps hits, and so the
+    hit ratio, true for old counters; their time stays in the hit histogram (the windows
+    age it out, the all-time one keeps it)."""
+    timed = sum(counts[b] for b in LATENCY_BUCKETS[CacheOutcome.COALESCED])
+    return max(0, min(counts[Metric.COALESCED] - timed, counts[Metric.HIT]))
 
 
 @dataclass(slots=True)
@@ -225,7 +250,7 @@ class RequestRecord:
 
     tenant: str = PROXY_TENANT
     model: str = NO_MODEL
-    cache: str | None = None  # HIT | MISS | BYPASS
+    cache: str | None = None  # HIT | MISS | BYPASS | COALESCED
     error: str | None = None  # bad_request | upstream | redis | internal | auth
     limited: str | None = None  # requests | tokens | budget
     prompt_tokens: int = 0
@@ -233,7 +258,6 @@ class RequestRecord:
     digest: str = ""
     redis_error: bool = False
     limiter_error: bool = False
-    coalesced: bool = False  # served from another request's upstream call (single flight)
     not_cacheable: bool = False  # served, not stored: its answer could not be replayed exactly
     saved_tokens: int = 0  # prompt tokens served from cache on a partial hit (embeddings)
     provider_cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache

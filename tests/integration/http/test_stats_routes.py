@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -161,6 +162,49 @@ async def test_metrics_parse_and_agree_with_stats(make_client: Any, upstream: An
         assert name in families, name
     assert families["llmcp_request_duration_seconds"].type == "histogram"
     assert samples[("llmcp_cache_entries", ())] == 2
+
+
+async def test_single_flight_followers_are_counted_as_coalesced(make_client: Any, upstream: Any) -> None:
+    """A herd of 10: 1 miss and 9 followers, then 2 hits. Followers are their own outcome
+    (own latency histogram), not hits; they count as tokens saved; clients still see HIT."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)  # long enough for the other 9 to find the leader's lock
+        return httpx.Response(200, json=openai_completion("herd"))
+
+    client = await make_client()
+    upstream.post(URL).mock(side_effect=slow)
+    herd = await asyncio.gather(*[client.post(CHAT, json=ask("herd"), headers=auth()) for _ in range(10)])
+    assert sorted(r.headers["x-cache"] for r in herd) == ["HIT"] * 9 + ["MISS"]
+    assert sum(r.headers.get("x-cache-coalesced") == "1" for r in herd) == 9
+    for _ in range(2):
+        assert (await client.post(CHAT, json=ask("herd"), headers=auth())).headers["x-cache"] == "HIT"
+    report = (await client.get("/stats", headers=auth("admin"))).json()
+    for window in ("1h", "24h", "7d", "all"):
+        f = report["windows"][window]["tenants"]["acme"]["models"]["gpt-4o-mini"]
+        assert (f["requests"], f["misses"], f["hits"], f["coalesced"]) == (12, 1, 2, 9)
+        assert f["latency_ms"]["coalesced"]["count"] == 9 and f["latency_ms"]["hit"]["count"] == 2
+        assert f["latency_ms"]["coalesced"]["p50"] is not None
+        assert f["hit_ratio"] == round(2 / 12, 4)
+        assert f["upstream_avoided_ratio"] == round(11 / 12, 4)
+        assert f["tokens_saved"]["total"] == 11 * 7 and f["upstream_tokens"]["total"] == 7
+    point = [p for p in report["series"]["1h"] if p["requests"]]
+    assert [(p["hits"], p["coalesced"], p["hit_ratio"]) for p in point] == [(2, 9, round(2 / 12, 4))]
+    assert report["series_step_seconds"] == {"1h": 60, "24h": 3600, "7d": 86400}
+    assert len(report["series"]["7d"]) == 7
+    events = (await client.get("/stats/events?limit=100", headers=auth("admin"))).json()["data"]
+    assert sorted(e["event"] for e in events) == ["coalesced"] * 9 + ["hit"] * 2 + ["miss"]
+    metrics = (await client.get("/metrics", headers=auth("admin"))).text
+    samples = {
+        (s.name, s.labels.get("cache"), s.labels.get("le")): s.value
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.labels.get("tenant") == "acme"
+    }
+    assert samples[("llmcp_requests_total", "coalesced", None)] == 9
+    assert samples[("llmcp_requests_total", "hit", None)] == 2
+    assert samples[("llmcp_request_duration_seconds_count", "coalesced", None)] == 9
+    assert samples[("llmcp_request_duration_seconds_bucket", "coalesced", "+Inf")] == 9
 
 
 async def test_answers_served_but_not_stored_are_counted(make_client: Any, upstream: Any) -> None:

@@ -58,8 +58,12 @@ STORED_NAMES = {
     "provider_cached_prompt",
     "coalesced",
     "events_skipped",
-    *(f"lat_{kind}|{i}" for kind in ("hit", "miss", "bypass") for i in range(len(LATENCY_BOUNDS_MS))),
-    *(f"lat_{kind}_sum_us" for kind in ("hit", "miss", "bypass")),
+    *(
+        f"lat_{kind}|{i}"
+        for kind in ("hit", "miss", "bypass", "coalesced")
+        for i in range(len(LATENCY_BOUNDS_MS))
+    ),
+    *(f"lat_{kind}_sum_us" for kind in ("hit", "miss", "bypass", "coalesced")),
 }
 
 
@@ -91,6 +95,23 @@ def test_decode_hash_groups_by_model() -> None:
     assert (a[Metric.HIT], a[Metric.REQUESTS], a[Metric.MISS]) == (2, 3, 0)
     assert a.latency_histogram(CacheOutcome.HIT) == [2] + [0] * (len(LATENCY_BOUNDS_MS) - 1)
     assert per_model["b"] == Counts({Metric.REQUESTS: 1})
+
+
+def test_followers_counted_the_old_way_are_not_hits() -> None:
+    """Before COALESCED was an outcome, a follower was written as `hit` + `coalesced` with its
+    time under `lat_hit`. Read back, those followers leave the hits; ones written the new
+    way (`coalesced` + `lat_coalesced`, no `hit`) stay as they are."""
+    old = {"m|requests": 10, "m|hit": 7, "m|miss": 3, "m|coalesced": 5, "m|lat_hit|3": 7}
+    counts = decode_hash(old)["m"]
+    assert (counts[Metric.HIT], counts[Metric.COALESCED], counts.answered()) == (2, 5, 10)
+    new = {"m|requests": 10, "m|hit": 2, "m|miss": 3, "m|coalesced": 5, "m|lat_coalesced|9": 5}
+    counts = decode_hash(new)["m"]
+    assert (counts[Metric.HIT], counts[Metric.COALESCED], counts.answered()) == (2, 5, 10)
+    # A rolling upgrade: an old replica wrote 2 followers, a new one 3, into the same hash.
+    mixed = {"m|hit": 4, "m|coalesced": 5, "m|lat_coalesced|9": 3}
+    assert decode_hash(mixed)["m"][Metric.HIT] == 2
+    # Never below zero, whatever a hand-edited hash holds.
+    assert decode_hash({"m|coalesced": 5})["m"][Metric.HIT] == 0
 
 
 def test_latency_buckets() -> None:
@@ -161,4 +182,5 @@ def test_event_fields_are_strings_without_the_prompt() -> None:
     }
     assert all(type(v) is str for v in event.values())
     assert event_fields(RequestRecord(cache="BYPASS"), 0, 0)["event"] == "bypass"
+    assert event_fields(RequestRecord(cache=CacheOutcome.COALESCED), 0, 0)["event"] == "coalesced"
     assert event_fields(RequestRecord(limited="requests"), 0, 0)["event"] == "limited"
