@@ -8,6 +8,7 @@ the SDK does not retry."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import redis
 
 from proxy.config import parse_config
 from proxy.core.apis import CHAT
-from tests.conftest import TENANT_KEYS
+from tests.conftest import ADMIN_KEY, TENANT_KEYS
 from tests.e2e.stack import Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.e2e
 PRICE_IN, PRICE_OUT = 0.000001, 0.000002  # USD per token: $1 / $2 per million
 MAX_TOKENS = 100
 INITECH_KEY = "sk-initech-test-key"
+HOOLI_KEY = "sk-hooli-test-key"
 PROMPT = "How much does this cost? Please answer briefly."
 
 
@@ -83,7 +85,10 @@ def stack(
             {"name": "acme", "api_keys": [TENANT_KEYS["acme"]], "budget": budget(10)},
             {"name": "globex", "api_keys": [TENANT_KEYS["globex"]], "budget": budget(10)},
             {"name": "initech", "api_keys": [INITECH_KEY], "budget": {"usd_per_day": 1}},
+            {"name": "hooli", "api_keys": [HOOLI_KEY], "budget": {"usd_per_day": 2, "usd_per_month": 20}},
         ],
+        admin={"api_keys": [ADMIN_KEY]},
+        stats={"flush_interval_ms": 50},
         models_with_upstream=model,
     )
     yield stack
@@ -171,3 +176,53 @@ def check_no_retry(
     assert info.value.code == "insufficient_quota"
     assert info.value.response.headers["x-should-retry"] == "false"
     assert "daily budget of tenant initech" in info.value.message
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
+def test_the_page_shows_spend_budgets_and_both_savings(stack: Stack, redis_sync: redis.Redis) -> None:
+    from playwright.sync_api import sync_playwright
+
+    client = openai.OpenAI(base_url=stack.base_url, api_key=HOOLI_KEY, max_retries=0)
+    # The provider serves 800 of the 1,000 prompt tokens from its own prompt cache.
+    stack.upstream_mode(usage={"prompt_tokens": 1000, "completion_tokens": 10, "cached_tokens": 800})
+    try:
+        client.chat.completions.create(**body(7000))
+    finally:
+        stack.upstream_mode(usage=None)
+    client.chat.completions.create(**body(7000))  # a hit: saved by this cache
+    settled(redis_sync, stack, "hooli")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for _ in range(100):  # the server flushes its counters every 50 ms
+        report = httpx.get(f"{stack.base_url[:-3]}/stats?tenant=hooli", headers=admin).json()
+        if report["windows"]["1h"]["totals"]["hits"] == 1:
+            break
+        time.sleep(0.05)
+    week = report["windows"]["7d"]["totals"]
+    # 800 cached tokens at $0.5/M instead of $1/M; 200 + 800 x 0.5 prompt and 10 x $2/M completion
+    assert week["provider_cache_saved_usd"] == pytest.approx(0.0004)
+    assert week["spend_usd"] == pytest.approx(0.00062)
+    assert week["cost_saved_usd"] > 0
+    assert report["budgets"]["hooli"]["day"]["spent_usd"] == pytest.approx(0.00062)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{stack.base_url[:-3]}/stats/ui#key={ADMIN_KEY}")
+            page.wait_for_selector("body[data-ready='1']")
+            cards = page.text_content("#cards") or ""
+            assert "saved by this cache (7d)" in cards
+            assert "saved by the provider's prompt cache (7d)" in cards
+            row = "#breakdown tr[data-tenant='hooli']"
+            assert page.text_content(f"{row} td[data-metric='provider_cache_saved_usd']") == "$0.0004"
+            assert page.text_content(f"{row} td[data-metric='spend_usd']") == "$0.0006"
+            assert page.is_visible("#budgets")
+            budget = "#budget-table tr[data-tenant='hooli']"
+            assert page.locator(budget).count() == 2  # day and month
+            spent = page.text_content(f"{budget} td[data-metric='budget_spent'][data-window='day']")
+            assert spent == "$0.000620"
+            assert page.text_content(f"{budget} td[data-metric='budget_limit'][data-window='day']") == "$2.00"
+        finally:
+            browser.close()
