@@ -166,6 +166,10 @@ class ModelConfig(_Strict):
     # USD per prompt token the provider served from its own prompt cache; if unset, the
     # bundled map's cache-read price, else the input price (no discount known).
     cached_input_cost_per_token: float | None = Field(None, ge=0)
+    # The most completion tokens one answer can have; a budget reserves this much for a
+    # request that sets no max_tokens. If unset, the bundled map's value, else
+    # rate_limit.default_max_tokens (a budget may then be overshot: see README).
+    max_output_tokens: int | None = Field(None, ge=1)
     # Which tiktoken encoding estimates this model's tokens; guessed from the name if unset.
     tokenizer: Literal["cl100k_base", "o200k_base", "p50k_base"] | None = None
 

@@ -1,8 +1,9 @@
 """What a model's tokens cost: config.yaml's prices, else the price map bundled with litellm.
 
-Money is counted in integers: a price is held in pico-dollars per token (USD x 10^12,
-exact for every price the map lists) and a cost comes out in nano-dollars (USD x 10^9,
-rounded up), the unit budgets use inside Lua. `litellm.cost_per_token` would need litellm
+Money is counted in integers: a price is held in pico-dollars per token (USD x 10^12;
+a map price with digits below that, such as 3.0001999999999996e-07, loses them: far less
+than a nano-dollar per token) and a cost comes out in nano-dollars (USD x 10^9, rounded
+up), the unit budgets use inside Lua. `litellm.cost_per_token` would need litellm
 imported (seconds); the JSON file litellm ships is read directly (offline, once).
 
 A model has no price (`model_prices` returns None) when config.yaml sets none and the map
@@ -40,8 +41,8 @@ def _cost_map() -> dict[str, Any]:
 
 
 def _pico(usd_per_token: float) -> int:
-    """USD per token as integer pico-dollars per token (via the decimal text: 1.5e-07 is
-    150000 exactly, not 149999.99...)."""
+    """USD per token as integer pico-dollars per token, via the decimal text (1.5e-07 is
+    150000 exactly, not 149999.99...); digits below a pico-dollar are dropped."""
     return int(Decimal(repr(float(usd_per_token))) * PICO_PER_USD)
 
 
@@ -79,29 +80,40 @@ class Prices:
 FREE = Prices(0, 0, 0)
 
 
-def model_prices(model: ModelConfig) -> Prices | None:
-    """The model's prices, or None when nothing prices it."""
-    if model.input_cost_per_token is not None or model.output_cost_per_token is not None:
-        return Prices.from_usd(
-            model.input_cost_per_token or 0.0,
-            model.output_cost_per_token or 0.0,
-            model.cached_input_cost_per_token,
-        )
-    if model.is_demo:
-        return FREE
+def _map_entry(model: ModelConfig) -> dict[str, Any] | None:
+    """The bundled map's entry for the model (by litellm name, then without the provider)."""
     table = _cost_map()
     name = model.litellm_model
     for candidate in (name, name.split("/", 1)[-1]):
         entry = table.get(candidate)
-        if isinstance(entry, dict) and (
-            entry.get("input_cost_per_token") is not None or entry.get("output_cost_per_token") is not None
-        ):
-            cached = model.cached_input_cost_per_token
-            if cached is None and entry.get("cache_read_input_token_cost") is not None:
-                cached = float(entry["cache_read_input_token_cost"])
-            return Prices.from_usd(
-                float(entry.get("input_cost_per_token") or 0),
-                float(entry.get("output_cost_per_token") or 0),
-                cached,
-            )
+        if isinstance(entry, dict):
+            return entry
     return None
+
+
+def _first(*values: Any) -> float | None:
+    for value in values:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def model_prices(model: ModelConfig) -> Prices | None:
+    """The model's prices, each from config.yaml if set there, else from the bundled map;
+    None when neither gives an input or an output price (the demo model is free)."""
+    entry = {} if model.is_demo else (_map_entry(model) or {})
+    price_in = _first(model.input_cost_per_token, entry.get("input_cost_per_token"))
+    price_out = _first(model.output_cost_per_token, entry.get("output_cost_per_token"))
+    if price_in is None and price_out is None:
+        return FREE if model.is_demo else None
+    cached = _first(model.cached_input_cost_per_token, entry.get("cache_read_input_token_cost"))
+    return Prices.from_usd(price_in or 0.0, price_out or 0.0, cached)
+
+
+def max_output_tokens(model: ModelConfig) -> int | None:
+    """The most completion tokens one answer of the model can have: config.yaml's
+    `max_output_tokens`, else the bundled map's; None when neither says."""
+    if model.max_output_tokens is not None:
+        return model.max_output_tokens
+    value = (_map_entry(model) or {}).get("max_output_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -24,7 +24,7 @@ from proxy.http.access_log import log_request, logged_send
 from proxy.http.auth import authenticate_tenant
 from proxy.http.body import read_body
 from proxy.http.errors import error_parts
-from proxy.http.headers import Headers, response_headers
+from proxy.http.headers import Headers, failure_headers, response_headers
 from proxy.service.request import ProxyRequest, Reply
 from proxy.service.runtime import Runtime
 from proxy.service.tracing import RequestTrace
@@ -105,9 +105,7 @@ class FastPath:
             classify(record, exc)
             status, extra, body = error_parts(exc)
             _finish(runtime, record, request_id, path, status, trace, req)
-            error_headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-            error_headers.append((b"x-request-id", request_id.encode()))
-            await _send_whole(send, status, error_headers, body, "application/json")
+            await _send_whole(send, status, failure_headers(req, extra, request_id), body, "application/json")
             return
         out = response_headers(req, request_id)
         if reply.stream is None:

@@ -33,3 +33,14 @@ def response_headers(req: ProxyRequest, request_id: str) -> Headers:
             out.append((name.encode(), value.encode()))
     out.append((b"x-request-id", request_id.encode()))
     return out
+
+
+def failure_headers(req: ProxyRequest | None, extra: dict[str, str], request_id: str) -> Headers:
+    """An error answer's headers: the error's own (Retry-After, x-ratelimit-*, ...), the
+    `x-budget-*` of a request that had reserved in its budgets, and `X-Request-Id`."""
+    out: Headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    if req is not None and req.budget_view is not None and "x-budget-limit-usd" not in extra:
+        for name, value in budget_headers(*req.budget_view).items():
+            out.append((name.encode(), value.encode()))
+    out.append((b"x-request-id", request_id.encode()))
+    return out

@@ -134,7 +134,7 @@ class ItemFlow:
         model, api = req.model, req.api
         assert model is not None and isinstance(api, EmbeddingsAdapter)
         upstream = stages.upstreams.for_model(model, api)
-        used, stored = 0, req.controls.store
+        used, charged, stored = 0, 0, req.controls.store
         batch = model.embedding_batch_size
         call_started(req.trace, model, parsed.params, False)
         try:
@@ -142,6 +142,7 @@ class ItemFlow:
                 part = missing[start : start + batch]
                 vectors, tokens = await upstream.embed(model, [parsed.items[i] for i in part], parsed.params)
                 used += tokens
+                charged += tokens or sum(parsed.tokens[i] for i in part)  # no usage: the estimate
                 now_ms = int(time.time() * 1000)
                 floats = [le_floats(v) for v in vectors]
                 packed = [pack_vector(f, parsed.tokens[i], now_ms) for i, f in zip(part, floats, strict=True)]
@@ -153,10 +154,12 @@ class ItemFlow:
                         items = [parsed.items[i] for i in part]
                         await self._replay.keep_items(req, [keys[i] for i in part], items, parsed.keyed)
         except BaseException as exc:
-            stages.settle(req, (used, 0))
+            if charged:  # batches before the failure were answered (and billed)
+                stages.settle(req, (charged, 0))
+            stages.settle_failure(req, exc)
             call_failed(req.trace, exc)
             raise
-        stages.settle(req, (used, 0))
+        stages.settle(req, (charged, 0))
         call_ended(req.trace, (used, 0))
         return used, stored
 

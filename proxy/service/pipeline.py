@@ -79,7 +79,7 @@ class Pipeline:
             if shared is not None:
                 return shared
         try:
-            await stages.limit(req, lambda: self._estimate(api, req))
+            await stages.limit(req, lambda: self._estimate(api, req), ceiling=lambda: self._ceiling(api, req))
             if req.stream:
                 return await self._streaming.start(api, req)
             return await self._miss(api, req)
@@ -95,6 +95,12 @@ class Pipeline:
             req.body, self.stages.config.rate_limit.default_max_tokens
         )
 
+    def _ceiling(self, api: GenerationAdapter, req: ProxyRequest) -> Usage:
+        """What a budget reserves: the prompt's estimate and every completion token the answer
+        can have (the client's cap x n, else the model's most x n). Called after `_estimate`."""
+        assert req.model is not None
+        return req.prompt_estimate, api.completion_allowance(req.body, self.stages.max_output(req.model))
+
     async def _miss(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
         stages = self.stages
         assert req.model is not None
@@ -103,15 +109,17 @@ class Pipeline:
         try:
             response = await upstream.complete(req.model, stages.forwarded_body(req), api)
         except BaseException as exc:
-            stages.settle(req, None)
+            stages.settle_failure(req, exc)
             call_failed(req.trace, exc)
             raise
-        req.answered_upstream()  # counted once the upstream answered
         usage, cached = api.usage_of(response), api.cached_tokens_of(response)
+        # Settled first (nothing below may skip it); an answer that reports no usage is
+        # charged its prompt estimate and the tokens of what it returned.
+        stages.settle(req, api.charged_usage(req.body, req.model, response), cached)
+        req.answered_upstream()  # counted once the upstream answered
         call_responded(req.trace, response)
         call_ended(req.trace, usage)
         req.note_usage(usage, cached)
-        stages.settle(req, usage, cached)
         body = orjson.dumps(response)
         stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)
         await stages.finish_flight(req, stored)

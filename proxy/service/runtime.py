@@ -189,6 +189,7 @@ class Runtime:
     async def close(self) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
+        await self.pipeline.stages.drain()
         await self.limiter.drain()
         await self.stats.stop()
         await self.flight.close()

@@ -19,9 +19,9 @@ import orjson
 from proxy.config import Config, ModelConfig
 from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
 from proxy.core.cache_controls import CacheControls, CacheStatus, cache_controls
-from proxy.core.prices import FREE, Prices, model_prices
+from proxy.core.prices import FREE, Prices, max_output_tokens, model_prices
 from proxy.core.validation import parse_json_object
-from proxy.errors import ModelHasNoPrice, ModelNotFound, StoreUnavailable
+from proxy.errors import ModelHasNoPrice, ModelNotFound, StoreUnavailable, UpstreamTimeout
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.service.tracing import span
 from proxy.store.cache import CacheStore, Entry, decode_entry
@@ -55,6 +55,7 @@ class Stages:
         self.review = review
         self._background: set[asyncio.Task[None]] = set()
         self._prices: dict[str, Prices | None] = {}
+        self._max_output: dict[str, int | None] = {}
 
     def prices(self, model: ModelConfig) -> Prices | None:
         """The model's prices (None: nothing prices it), looked up once per config."""
@@ -158,10 +159,18 @@ class Stages:
         if flight is not None:
             await asyncio.shield(self.flight.finish(flight, stored))
 
-    async def limit(self, req: ProxyRequest, estimate: Callable[[], Usage], settle: bool = True) -> None:
+    async def limit(
+        self,
+        req: ProxyRequest,
+        estimate: Callable[[], Usage],
+        settle: bool = True,
+        ceiling: Callable[[], Usage] | None = None,
+    ) -> None:
         """Reserve from the tenant's buckets and budgets in one call (raises RateLimited or
-        BudgetExceeded). `estimate` (prompt tokens, completion tokens at most) is called
-        only when a token bucket or a budget needs it; `settle=False` for cache hits: they
+        BudgetExceeded). `estimate` (prompt tokens, completion tokens to reserve) is called
+        only when a token bucket or a budget needs it; a budget reserves the cost of
+        `ceiling` instead when given (the most the answer can cost: every completion token
+        the model can send when the client set no cap). `settle=False` for cache hits: they
         take tokens (limit_cache_hits) but cost no money."""
         assert req.model is not None
         buckets = self.limiter.plan(req.tenant, req.model.name, req.end_user)
@@ -170,7 +179,10 @@ class Stages:
             return
         wants_tokens = any(b.kind == "tokens" for b in buckets)
         prompt, completion = estimate() if wants_tokens or (budgets and settle) else (0, 0)
-        amount = (self.prices(req.model) or FREE).cost_nano(prompt, completion) if budgets and settle else 0
+        amount = 0
+        if budgets and settle:
+            most = ceiling() if ceiling is not None else (prompt, completion)
+            amount = (self.prices(req.model) or FREE).cost_nano(*most)
         now = self.limiter.clock()
         with span(req.trace, "llmcp.ratelimit"):
             reservation = await self.limiter.acquire(
@@ -184,6 +196,13 @@ class Stages:
             req.budget_view = (budgets, list(reservation.spent), now)
         if settle:
             req.reservation = reservation
+
+    def max_output(self, model: ModelConfig) -> int:
+        """The most completion tokens one answer of `model` can have, for a budget's worst
+        case: config.yaml's or the price map's, else rate_limit.default_max_tokens."""
+        if model.name not in self._max_output:
+            self._max_output[model.name] = max_output_tokens(model)
+        return self._max_output[model.name] or self.config.rate_limit.default_max_tokens
 
     def settle(self, req: ProxyRequest, usage: Usage | None, cached: int = 0) -> None:
         """Settle the request's reservation with what the answer used (None: nothing, the
@@ -200,6 +219,17 @@ class Stages:
                 budgets, spent, now = req.budget_view
                 req.budget_view = (budgets, [s - reservation.amount + cost for s in spent], now)
         self.limiter.settle(reservation, prompt + completion, cost)
+
+    def settle_failure(self, req: ProxyRequest, exc: BaseException) -> None:
+        """Settle after the upstream call failed. A provider that answered with an error, or
+        could not be reached, billed nothing: everything is given back. A timeout or a
+        cancelled call may have been billed in full (the provider kept generating): the
+        reservation is kept, its worst case charged."""
+        if isinstance(exc, (UpstreamTimeout, asyncio.CancelledError)) and req.reservation is not None:
+            req.reservation = None
+            log.info("upstream call %s: its reservation is kept", type(exc).__name__)
+            return
+        self.settle(req, None)
 
     async def view_budgets(self, req: ProxyRequest) -> None:
         """The x-budget-* headers of a request that passed no limiter (a cache hit): the
@@ -278,6 +308,12 @@ class Stages:
         if outcome == "too_large":
             log.info("answer of %d bytes is over cache.max_entry_bytes; not cached", len(body))
         return outcome == "stored"
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for background work (streams finishing for a client that left) at shutdown,
+        so their settlements are sent before the limiter drains."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)
 
     def spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)

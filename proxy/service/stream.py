@@ -43,12 +43,12 @@ class StreamingMiss:
             chunks = await upstream.stream(req.model, stages.forwarded_body(req), api)
             first = await anext(chunks)
         except StopAsyncIteration:
-            stages.settle(req, None)
+            stages.settle(req, None)  # the provider answered: an empty stream
             error = UpstreamError("The upstream provider ended the stream without an answer.")
             call_failed(req.trace, error)
             raise error from None
         except BaseException as exc:
-            stages.settle(req, None)
+            stages.settle_failure(req, exc)
             call_failed(req.trace, exc)
             raise
         req.answered_upstream()
@@ -148,12 +148,13 @@ class StreamingMiss:
     ) -> None:
         """Whatever happened: followers woken, usage recorded, reservation settled, upstream closed."""
         stages = self._stages
+        # Settled first: a second cancellation during the awaits below cannot skip it.
+        stages.settle(req, self._streamed_usage(api, req, assembler), assembler.cached_tokens())
         await stages.finish_flight(req, False)  # no-op when already finished
         reported = assembler.usage_counts()
         if reported:
             req.note_usage(reported, assembler.cached_tokens())
         call_ended(req.trace, reported)
-        stages.settle(req, self._streamed_usage(api, req, assembler), assembler.cached_tokens())
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()

@@ -15,8 +15,10 @@ Budget spend is also remembered per process (`known_spent`), so a cache hit can 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,6 +37,10 @@ budget_log = logging.getLogger("llmcp.budget")
 _ALLOWED, _WAITED, _DENIED, _TOO_LARGE, _SPENT, _OVER_BUDGET = 1, 2, 0, -1, -2, -3
 _MAX_KNOWN = 4096  # budget windows whose spend this process remembers (LRU)
 _KNOWN_FRESH_S = 5.0  # older than this, a hit refreshes it in the background
+# A budget settlement that found Redis unavailable is retried after these delays (seconds):
+# retries are safe for budgets (settled once per reservation id), not for buckets.
+_SETTLE_RETRIES_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+_DRAIN_TIMEOUT_S = 10.0
 AlertSink = Callable[[Budget, int], None]
 
 
@@ -49,6 +55,18 @@ class Reservation:
     budgets: tuple[Budget, ...] = ()
     amount: int = 0  # nano-dollars reserved in each budget
     spent: list[int] = field(default_factory=list)  # each budget's spend after the reservation
+    rid: str = ""  # the reservation's id in the budgets (settled once, by adjust.lua)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettlement:
+    """What settling a reservation does to its budgets: `delta` nano-dollars added to the
+    spend (negative: a refund), `actual` to the settled spend; applied once per `rid`."""
+
+    budgets: tuple[Budget, ...]
+    rid: str
+    delta: int
+    actual: int
 
 
 class RateLimiter:
@@ -73,6 +91,7 @@ class RateLimiter:
         self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._refreshing: set[str] = set()
         self._budget_plans: OrderedDict[tuple[str, str | None, int], tuple[Budget, ...]] = OrderedDict()
+        self._rids = (f"{os.urandom(6).hex()}.{n}" for n in itertools.count())  # unique per process
 
     def renewed(self, config: Config) -> RateLimiter:
         """A limiter for a reloaded config, sharing this one's scripts, pending settlements
@@ -84,6 +103,7 @@ class RateLimiter:
         fresh._on_alert, fresh.clock, fresh._known = self._on_alert, self.clock, self._known
         fresh._refreshing = self._refreshing
         fresh._budget_plans = OrderedDict()  # the budgets may have changed
+        fresh._rids = self._rids
         return fresh
 
     def plan(self, tenant: TenantConfig, model: str, end_user: str | None) -> tuple[Bucket, ...]:
@@ -127,12 +147,15 @@ class RateLimiter:
         args: list[Any] = [max_wait, "" if now_us is None else now_us]
         for bucket, cost in zip(buckets, costs, strict=True):
             args += [bucket.per_minute, bucket.capacity, cost]
+        rid = next(self._rids) if budgets and amount else ""
         for budget in budgets:
-            args += [budget.limit, amount, budget.expire_at_ms, budget.alert]
+            args += [budget.limit, amount, budget.expire_at_ms, rid]
         keys = [b.key for b in buckets] + [b.key for b in budgets]
         try:
             reply = await self._gate.run(lambda r: self._acquire(keys=keys, args=args, client=r))
         except StoreUnavailable as exc:
+            if rid:  # the script may have run before the reply was lost: release, once at most
+                self._settle_soon((), [], BudgetSettlement(budgets, rid, -amount, 0))
             if policy.on_redis_error == "closed":
                 raise ServiceUnavailable(
                     "The rate limiter is unavailable and this proxy fails closed; try again shortly."
@@ -143,17 +166,19 @@ class RateLimiter:
         n = len(buckets)
         levels = [int(v) for v in reply[3 : 3 + 2 * n : 2]]
         resets = [int(v) for v in reply[4 : 4 + 2 * n : 2]]
-        spent = [int(v) for v in reply[3 + 2 * n :: 2]]
-        self._note_budgets(budgets, spent, [int(v) for v in reply[4 + 2 * n :: 2]])
+        spent = [int(v) for v in reply[3 + 2 * n :]]
+        self._note_budgets(budgets, spent, [0] * len(budgets))
         if status in (_SPENT, _OVER_BUDGET):
             j = decider - n - 1
             headers = rate_headers(buckets, levels, resets)
             raise self._budget_denial(status, budgets[j], amount, spent, budgets, headers)
         if status in (_DENIED, _TOO_LARGE):
-            raise self._denial(
+            denial = self._denial(
                 status, buckets[decider - 1], costs[decider - 1], levels, resets, wait_ms, buckets
             )
-        reservation = Reservation(buckets, costs, levels, resets, budgets, amount, spent)
+            denial.headers.update(budget_headers(budgets, spent, self.clock()))
+            raise denial
+        reservation = Reservation(buckets, costs, levels, resets, budgets, amount, spent, rid)
         if status == _WAITED:
             try:
                 await asyncio.sleep(wait_ms / 1000)
@@ -238,53 +263,84 @@ class RateLimiter:
             cost - actual_tokens if b.kind == "tokens" else 0
             for b, cost in zip(reservation.buckets, reservation.costs, strict=True)
         ]
-        self._adjust_soon(reservation.buckets, deltas, reservation.budgets, actual_cost - reservation.amount)
+        settlement = None
+        if reservation.rid:
+            delta = actual_cost - reservation.amount
+            settlement = BudgetSettlement(reservation.budgets, reservation.rid, delta, actual_cost)
+        self._settle_soon(reservation.buckets, deltas, settlement)
 
     def release(self, reservation: Reservation | None) -> None:
         """Undo a reservation entirely (the request never went upstream)."""
         if reservation is not None:
-            self._adjust_soon(
-                reservation.buckets, list(reservation.costs), reservation.budgets, -reservation.amount
-            )
+            r = reservation
+            settlement = BudgetSettlement(r.budgets, r.rid, -r.amount, 0) if r.rid else None
+            self._settle_soon(r.buckets, list(r.costs), settlement)
 
-    def _adjust_soon(
-        self, buckets: tuple[Bucket, ...], deltas: list[int], budgets: tuple[Budget, ...] = (), spend: int = 0
+    def _settle_soon(
+        self, buckets: tuple[Bucket, ...], deltas: list[int], settlement: BudgetSettlement | None
     ) -> None:
         pairs = [(b, d) for b, d in zip(buckets, deltas, strict=True) if d]
-        if not pairs and not (budgets and spend):
+        if not pairs and settlement is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self.adjust(
-                [b for b, _ in pairs], [d for _, d in pairs], budgets=budgets if spend else (), spend=spend
-            )
+            self._settle([b for b, _ in pairs], [d for _, d in pairs], settlement)
         )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _settle(
+        self, buckets: list[Bucket], deltas: list[int], settlement: BudgetSettlement | None
+    ) -> list[int]:
+        """One adjust call; when Redis is unavailable, the budgets' part is retried (a retry
+        cannot count twice: adjust.lua settles a reservation id once), the buckets' is not."""
+        try:
+            return await self.adjust(buckets, deltas, settlement=settlement)
+        except StoreUnavailable:
+            if settlement is None:
+                log.warning("could not settle a rate-limit reservation: Redis unavailable")
+                return []
+        for delay in _SETTLE_RETRIES_S:
+            await asyncio.sleep(delay)
+            try:
+                return await self.adjust((), [], settlement=settlement)
+            except StoreUnavailable:
+                continue
+        scopes = ", ".join(b.scope for b in settlement.budgets)
+        log.warning(
+            "could not settle a budget reservation (%s): Redis unavailable; "
+            "it stays reserved until its window ends",
+            scopes,
+        )
+        return []
 
     async def adjust(
         self,
         buckets: Sequence[Bucket],
         deltas: list[int],
         now_us: int | None = None,
-        budgets: Sequence[Budget] = (),
-        spend: int = 0,
+        settlement: BudgetSettlement | None = None,
     ) -> list[int]:
-        """Refund `deltas` to buckets (negative: debit) and add `spend` nano-dollars to every
-        budget (negative: refund); returns the buckets' levels, then each budget's spend."""
+        """Refund `deltas` to buckets (negative: debit) and settle `settlement` in its
+        budgets; returns the buckets' levels, then each budget's spend. Raises
+        StoreUnavailable."""
         args: list[Any] = ["" if now_us is None else now_us]
         for bucket, delta in zip(buckets, deltas, strict=True):
             args += [bucket.per_minute, bucket.capacity, delta]
-        for budget in budgets:
-            args += [budget.limit, spend, budget.expire_at_ms, budget.alert]
+        budgets: tuple[Budget, ...] = settlement.budgets if settlement is not None else ()
+        if settlement is not None:
+            for budget in budgets:
+                args += [
+                    settlement.rid,
+                    settlement.delta,
+                    budget.expire_at_ms,
+                    budget.alert,
+                    settlement.actual,
+                ]
         keys = [b.key for b in buckets] + [b.key for b in budgets]
-        try:
-            reply = await self._gate.run(lambda r: self._adjust(keys=keys, args=args, client=r))
-        except StoreUnavailable:
-            log.warning("could not settle a rate-limit reservation: Redis unavailable")
-            return []
+        reply = await self._gate.run(lambda r: self._adjust(keys=keys, args=args, client=r))
         n = len(buckets)
         spent = [int(v) for v in reply[n::2]]
-        self._note_budgets(tuple(budgets), spent, [int(v) for v in reply[n + 1 :: 2]])
+        self._note_budgets(budgets, spent, [int(v) for v in reply[n + 1 :: 2]])
         return [int(v) for v in reply[:n]] + spent
 
     def _note_budgets(self, budgets: tuple[Budget, ...], spent: list[int], alerted: list[int]) -> None:
@@ -295,7 +351,8 @@ class RateLimiter:
             self._known.move_to_end(budget.key)
             if crossed:
                 budget_log.warning(
-                    "budget alert: %s has spent or reserved $%s of its %s budget of $%s (alert at $%s)",
+                    "budget alert: %s has spent $%s (settled and reserved) of its %s budget of $%s "
+                    "(alert at $%s of settled spend)",
                     budget.scope,
                     usd(value),
                     "daily" if budget.window == "day" else "monthly",
@@ -352,7 +409,8 @@ class RateLimiter:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def drain(self) -> None:
-        """Wait for settlements still in flight (shutdown)."""
+    async def drain(self, timeout: float = _DRAIN_TIMEOUT_S) -> None:
+        """Wait for settlements still in flight (shutdown), at most `timeout` seconds
+        (retries against an unavailable Redis would otherwise hold the shutdown)."""
         if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            await asyncio.wait(list(self._pending), timeout=timeout)

@@ -134,19 +134,25 @@ def test_fifty_concurrent_requests_take_exactly_the_budget(stack: Stack, redis_s
         stack.upstream_mode(usage=None)
     assert (served, len(refused)) == (10, 40)
     assert {r.code for r in refused} == {"insufficient_quota"}
-    assert abs(settled(redis_sync, stack, "acme") - 10 * worst_nano()) <= worst_nano()
+    assert settled(redis_sync, stack, "acme") == 10 * worst_nano()  # each answer cost its worst case
 
 
 def test_short_answers_refund_so_more_fit_over_time(stack: Stack, redis_sync: redis.Redis) -> None:
     client = stack.client("globex")
-    served, _ = fire(client, range(1000, 1050))
-    assert served >= 10  # at least the budget's worth at once; refunds let later ones in
-    total = served
-    for wave in range(5):  # in waves, each settling before the next: far more than 10 fit
-        more, _ = fire(client, range(2000 + 10 * wave, 2010 + 10 * wave))
-        total += more
+    # Every answer is short and costs exactly `real`: settlement refunds the rest.
+    stack.upstream_mode(usage={"prompt_tokens": 20, "completion_tokens": 5})
+    real = 20 * 1000 + 5 * 2000
+    try:
+        served, _ = fire(client, range(1000, 1050))
+        assert served >= 10  # at least the budget's worth at once; refunds let later ones in
+        total = served
+        for wave in range(5):  # in waves, each settling before the next: far more than 10 fit
+            more, _ = fire(client, range(2000 + 10 * wave, 2010 + 10 * wave))
+            total += more
+    finally:
+        stack.upstream_mode(usage=None)
     assert total > 20
-    assert settled(redis_sync, stack, "globex") <= 10 * worst_nano()
+    assert settled(redis_sync, stack, "globex") == total * real  # every answer settled exactly once
 
 
 def test_the_sdk_sees_insufficient_quota_and_does_not_retry(stack: Stack, redis_sync: redis.Redis) -> None:

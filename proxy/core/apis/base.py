@@ -22,6 +22,8 @@ from enum import Enum
 from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
+import orjson
+
 from proxy.config import ModelConfig
 from proxy.core.apis.sse import DONE, event
 from proxy.core.fields import Defaults, Fields, bypass_reason, own_fields
@@ -136,6 +138,15 @@ class GenerationAdapter(Adapter):
     def usage_of(self, answer: dict[str, Any]) -> Usage:
         """The tokens a whole answer reports."""
         return usage_counts(answer.get("usage")) or (0, 0)
+
+    def charged_usage(self, body: dict[str, Any], model: ModelConfig, answer: dict[str, Any]) -> Usage:
+        """What a whole answer is charged: its usage, or when it reports none the prompt's
+        estimate and the tokens of what it returned (never free)."""
+        reported = usage_counts(answer.get("usage"))
+        if reported is not None:
+            return reported
+        returned = orjson.dumps(answer.get(self.endpoint.answer_list) or []).decode()
+        return self.prompt_tokens(body, model), text_tokens(returned, model)
 
     def cached_tokens_of(self, answer: dict[str, Any]) -> int:
         """Prompt tokens of a whole answer the provider served from its own prompt cache."""

@@ -184,11 +184,74 @@ async def test_a_request_larger_than_the_whole_budget(make_client: Any, upstream
 async def test_an_upstream_error_refunds_the_whole_reservation(
     make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
-    upstream.post(URL).respond(500, json={"error": {"message": "boom", "type": "server_error"}})
+    body = ask("fail", max_tokens=100)
+    during: list[int] = []
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        during.append(spent(redis_sync, day_key(key_prefix)))  # reserved while the call runs
+        return httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+
+    upstream.post(URL).mock(side_effect=fail)
     client = await make_client(tenants=tenants({"usd_per_day": 1}))
-    response = await client.post(CHAT, json=ask("fail"), headers=auth())
+    response = await client.post(CHAT, json=body, headers=auth())
     assert response.status_code == 502
+    assert during == [worst_case_nano(body)]
+    assert response.headers["x-budget-limit-usd"] == "1.000000"  # error answers carry them too
     await settled_at(redis_sync, day_key(key_prefix), 0)
+
+
+async def test_a_timeout_keeps_the_reservation(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    """The provider may have generated (and billed) the whole answer: charge the worst case."""
+    upstream.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    body = ask("slow", max_tokens=100)
+    response = await client.post(CHAT, json=body, headers=auth())
+    assert response.status_code == 504
+    await runtime(client).limiter.drain()
+    assert spent(redis_sync, day_key(key_prefix)) == worst_case_nano(body)
+
+
+async def test_an_answer_without_usage_is_charged_its_estimate(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    answer = openai_completion("word " * 200)
+    del answer["usage"]
+    upstream.post(URL).respond(json=answer)
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    body = ask("no usage", max_tokens=1000)
+    assert (await client.post(CHAT, json=body, headers=auth())).status_code == 200
+    await runtime(client).limiter.drain()
+    charged = spent(redis_sync, day_key(key_prefix))
+    assert (10 + 200) * P_OUT // 1000 < charged < worst_case_nano(body)  # the prompt and ~200 tokens
+
+
+async def test_without_max_tokens_a_budget_reserves_the_models_longest_answer(
+    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    during: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        during.append(spent(redis_sync, day_key(key_prefix)))
+        return httpx.Response(200, json=answer_with(usage(10, 10)))
+
+    upstream.post(URL).mock(side_effect=answer)
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    body = ask("uncapped")
+    assert (await client.post(CHAT, json=body, headers=auth())).status_code == 200
+    # gpt-4o-mini can answer 16,384 tokens (litellm's map): not rate_limit.default_max_tokens
+    assert during == [worst_case_nano(body, default_max_tokens=16_384)]
+
+
+async def test_a_bucket_429_carries_the_budget_headers(make_client: Any, upstream: Any) -> None:
+    upstream.post(URL).respond(json=answer_with(usage(10, 10)))
+    client = await make_client(tenants=tenants({"usd_per_day": 1}, limits={"requests_per_minute": 1}))
+    assert (await client.post(CHAT, json=ask("one"), headers=auth())).status_code == 200
+    limited = await client.post(CHAT, json=ask("two"), headers=auth())
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert limited.headers["x-budget-limit-usd"] == "1.000000"
+    assert "x-budget-remaining-usd" in limited.headers
 
 
 async def test_a_broken_stream_settles_what_was_sent(
@@ -342,11 +405,12 @@ async def test_crossing_the_alert_logs_once_per_window(
 ) -> None:
     upstream.post(URL).respond(json=answer_with(usage(10, 10)))
     client = await make_client(tenants=tenants({"usd_per_day": 1, "alert_at": 0.5}))
-    redis_sync.hset(day_key(key_prefix), "spent", nano(0.4999))  # each request reserves $0.000616
+    # The alert watches settled spend (each request here settles at $0.000008)
+    redis_sync.hset(day_key(key_prefix), mapping={"spent": nano(0.499995), "settled": nano(0.499995)})
     with caplog.at_level(logging.WARNING, logger="llmcp.budget"):
         for i in range(3):
             assert (await client.post(CHAT, json=ask(f"alert {i}"), headers=auth())).status_code == 200
-        await runtime(client).limiter.drain()
+            await runtime(client).limiter.drain()
     alerts = [r for r in caplog.records if r.name == "llmcp.budget"]
     assert len(alerts) == 1
     assert "budget alert: tenant acme" in alerts[0].getMessage()
@@ -415,3 +479,55 @@ async def test_stats_show_both_savings_spend_and_the_budgets(
     metrics = (await client.get("/metrics", headers=auth("admin"))).text
     assert 'llmcp_provider_cached_tokens_total{model="gpt-4o-mini",tenant="acme"} 800.0' in metrics
     assert 'llmcp_rate_limited_total{kind="budget",tenant="acme"} 1.0' in metrics
+
+
+class FlakyGate:
+    """A real RedisGate whose n-th call fails: before it runs (`refuse`) or after it ran,
+    its reply lost (`lose`), as a timeout after EVALSHA reached Redis would."""
+
+    def __init__(self, gate: Any, refuse: set[int] = frozenset(), lose: set[int] = frozenset()) -> None:
+        self.client, self._gate, self.refuse, self.lose, self.calls = gate.client, gate, refuse, lose, 0
+
+    async def run(self, fn: Any) -> Any:
+        from proxy.errors import StoreUnavailable
+
+        self.calls += 1
+        if self.calls in self.refuse:
+            raise StoreUnavailable("connection refused")
+        result = await self._gate.run(fn)
+        if self.calls in self.lose:
+            raise StoreUnavailable("reply lost")
+        return result
+
+
+async def test_a_reservation_whose_reply_was_lost_is_released(
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    from proxy.store.ratelimit import RateLimiter
+
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    rt = runtime(client)
+    limiter = RateLimiter(FlakyGate(rt.gate, lose={1}), rt.config)  # type: ignore[arg-type]
+    budgets = limiter.plan_budgets(rt.config.tenant_index["acme"], None)
+    assert await limiter.acquire((), 0, budgets=budgets, amount=5000) is None  # served open
+    await limiter.drain()
+    assert spent(redis_sync, day_key(key_prefix)) == 0  # the script ran; its release did too
+
+
+async def test_a_failed_settlement_is_retried_and_counted_once(
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    from proxy.store.ratelimit import RateLimiter
+
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    rt = runtime(client)
+    # Call 2 (the settlement) is refused; call 3 (its retry) runs, then loses its reply;
+    # call 4 (another retry) finds the reservation settled and changes nothing.
+    limiter = RateLimiter(FlakyGate(rt.gate, refuse={2}, lose={3}), rt.config)  # type: ignore[arg-type]
+    budgets = limiter.plan_budgets(rt.config.tenant_index["acme"], None)
+    reservation = await limiter.acquire((), 0, budgets=budgets, amount=5000)
+    assert spent(redis_sync, day_key(key_prefix)) == 5000
+    limiter.settle(reservation, 0, 1200)
+    await limiter.drain()
+    assert spent(redis_sync, day_key(key_prefix)) == 1200
+    assert int(redis_sync.hget(day_key(key_prefix), "settled") or 0) == 1200

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import parse_config
-from proxy.core.prices import FREE, Prices, model_prices
+from proxy.core.prices import FREE, Prices, max_output_tokens, model_prices
 
 
 def model(**fields: Any) -> Any:
@@ -19,9 +19,12 @@ def model(**fields: Any) -> Any:
     return config.models[0]
 
 
-def test_config_prices_win_and_cached_defaults_to_the_input_price() -> None:
+def test_config_prices_win_field_by_field_over_the_map() -> None:
     prices = model_prices(model(litellm_model="openai/gpt-4o-mini", input_cost_per_token=0.000002))
-    assert prices == Prices(input=2_000_000, output=0, cached_input=2_000_000)
+    assert prices == Prices(input=2_000_000, output=600_000, cached_input=75_000)  # the rest: the map
+    # A model the map does not list: the cached price defaults to the input price.
+    alone = model_prices(model(litellm_model="x/unlisted", input_cost_per_token=0.000002))
+    assert alone == Prices(input=2_000_000, output=0, cached_input=2_000_000)
     priced = model_prices(
         model(
             litellm_model="x/y",
@@ -46,6 +49,15 @@ def test_the_bundled_map_prices_known_models_with_their_cache_read_price() -> No
 def test_unknown_models_have_no_price_and_the_demo_is_free() -> None:
     assert model_prices(model(litellm_model="openai/no-such-model-anywhere")) is None
     assert model_prices(model(litellm_model="demo/echo")) == FREE
+    assert model_prices(model(litellm_model="demo/echo", output_cost_per_token=0.000001)) == Prices(
+        0, 1_000_000, 0
+    )
+
+
+def test_max_output_tokens_from_config_else_the_map() -> None:
+    assert max_output_tokens(model(litellm_model="openai/gpt-4o-mini")) == 16384
+    assert max_output_tokens(model(litellm_model="openai/gpt-4o-mini", max_output_tokens=100)) == 100
+    assert max_output_tokens(model(litellm_model="x/unlisted")) is None
 
 
 def test_costs_are_integer_nano_dollars_rounded_up() -> None:
