@@ -123,59 +123,61 @@ def traceparent() -> tuple[str, str, str]:
 
 
 def test_spans_reach_an_otlp_receiver_in_the_clients_trace(stack: Stack, receiver: Receiver) -> None:
-    client = stack.client("acme")
-    secret = f"the prompt {uuid.uuid4()}"
-    trace_id, parent, header = traceparent()
-    raw = client.chat.completions.with_raw_response.create(
-        model="fake", messages=[{"role": "user", "content": secret}], extra_headers={"traceparent": header}
-    )
-    assert raw.headers["x-cache"] == "MISS"
-    spans = receiver.trace(trace_id, 3)
-    resource = spans[0][0]
-    assert resource["service.name"] == "llmcp-e2e"  # OTEL_SERVICE_NAME
-    by_name = {s.name: s for _, s in spans}
-    server = by_name["POST /v1/chat/completions"]
-    assert server.kind == Span.SpanKind.SPAN_KIND_SERVER
-    assert server.parent_span_id.hex() == parent  # continues the client's span
-    server_attributes = attributes(server.attributes)
-    assert server_attributes["gen_ai.operation.name"] == "chat"
-    assert server_attributes["gen_ai.request.model"] == "fake"
-    assert server_attributes["llmcp.tenant"] == "acme"
-    assert server_attributes["llmcp.cache.status"] == "MISS"
-    assert server_attributes["llmcp.request_id"] == raw.headers["x-request-id"]
-    usage = raw.parse().usage
-    assert usage is not None
-    assert server_attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
-    assert server_attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
-    call = by_name["chat fake-model"]
-    assert call.kind == Span.SpanKind.SPAN_KIND_CLIENT
-    assert call.parent_span_id == server.span_id
-    call_attributes = attributes(call.attributes)
-    assert call_attributes["gen_ai.provider.name"] == "openai"
-    assert call_attributes["gen_ai.request.model"] == "fake-model"
-    assert call_attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
-    assert by_name["llmcp.cache.lookup"].parent_span_id == server.span_id
+    with stack.client("acme") as client:
+        secret = f"the prompt {uuid.uuid4()}"
+        trace_id, parent, header = traceparent()
+        raw = client.chat.completions.with_raw_response.create(
+            model="fake",
+            messages=[{"role": "user", "content": secret}],
+            extra_headers={"traceparent": header},
+        )
+        assert raw.headers["x-cache"] == "MISS"
+        spans = receiver.trace(trace_id, 3)
+        resource = spans[0][0]
+        assert resource["service.name"] == "llmcp-e2e"  # OTEL_SERVICE_NAME
+        by_name = {s.name: s for _, s in spans}
+        server = by_name["POST /v1/chat/completions"]
+        assert server.kind == Span.SpanKind.SPAN_KIND_SERVER
+        assert server.parent_span_id.hex() == parent  # continues the client's span
+        server_attributes = attributes(server.attributes)
+        assert server_attributes["gen_ai.operation.name"] == "chat"
+        assert server_attributes["gen_ai.request.model"] == "fake"
+        assert server_attributes["llmcp.tenant"] == "acme"
+        assert server_attributes["llmcp.cache.status"] == "MISS"
+        assert server_attributes["llmcp.request_id"] == raw.headers["x-request-id"]
+        usage = raw.parse().usage
+        assert usage is not None
+        assert server_attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
+        assert server_attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+        call = by_name["chat fake-model"]
+        assert call.kind == Span.SpanKind.SPAN_KIND_CLIENT
+        assert call.parent_span_id == server.span_id
+        call_attributes = attributes(call.attributes)
+        assert call_attributes["gen_ai.provider.name"] == "openai"
+        assert call_attributes["gen_ai.request.model"] == "fake-model"
+        assert call_attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+        assert by_name["llmcp.cache.lookup"].parent_span_id == server.span_id
 
-    # A streamed miss on the direct route, then a hit, each in its own trace.
-    stream_id, _, stream_header = traceparent()
-    chunks = client.chat.completions.create(
-        model="fake-direct",
-        messages=[{"role": "user", "content": f"stream {secret}"}],
-        stream=True,
-        extra_headers={"traceparent": stream_header},
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    streamed = {s.name: s for _, s in receiver.trace(stream_id, 3)}
-    assert attributes(streamed["chat fake-model"].attributes)["llmcp.stream"] is True
-    hit_id, _, hit_header = traceparent()
-    again = client.chat.completions.with_raw_response.create(
-        model="fake",
-        messages=[{"role": "user", "content": secret}],
-        extra_headers={"traceparent": hit_header},
-    )
-    assert again.headers["x-cache"] == "HIT"
-    hit = {s.name: s for _, s in receiver.trace(hit_id, 2)}
-    assert set(hit) == {"POST /v1/chat/completions", "llmcp.cache.lookup"}
-    assert attributes(hit["POST /v1/chat/completions"].attributes)["llmcp.cache.status"] == "HIT"
-    # Never the prompt (server.log_prompts is off), in any byte the exporter sent.
-    assert not any(secret.encode() in body for body in receiver.bodies)
+        # A streamed miss on the direct route, then a hit, each in its own trace.
+        stream_id, _, stream_header = traceparent()
+        chunks = client.chat.completions.create(
+            model="fake-direct",
+            messages=[{"role": "user", "content": f"stream {secret}"}],
+            stream=True,
+            extra_headers={"traceparent": stream_header},
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        streamed = {s.name: s for _, s in receiver.trace(stream_id, 3)}
+        assert attributes(streamed["chat fake-model"].attributes)["llmcp.stream"] is True
+        hit_id, _, hit_header = traceparent()
+        again = client.chat.completions.with_raw_response.create(
+            model="fake",
+            messages=[{"role": "user", "content": secret}],
+            extra_headers={"traceparent": hit_header},
+        )
+        assert again.headers["x-cache"] == "HIT"
+        hit = {s.name: s for _, s in receiver.trace(hit_id, 2)}
+        assert set(hit) == {"POST /v1/chat/completions", "llmcp.cache.lookup"}
+        assert attributes(hit["POST /v1/chat/completions"].attributes)["llmcp.cache.status"] == "HIT"
+        # Never the prompt (server.log_prompts is off), in any byte the exporter sent.
+        assert not any(secret.encode() in body for body in receiver.bodies)
