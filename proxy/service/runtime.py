@@ -6,6 +6,7 @@ shutdown, so tests and workers each get their own.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -197,5 +198,5 @@ class Runtime:
             await self.l1.stop()
         await self.upstreams.aclose()
         await self.gate.aclose()
-        if self.tracing is not None:
-            self.tracing.shutdown()  # exports the spans still queued
+        if self.tracing is not None:  # exports the spans still queued (blocking: off the loop)
+            await asyncio.to_thread(self.tracing.shutdown)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import __version__
 from proxy.config import Config, ModelConfig
 from proxy.errors import ConfigError, ProxyError, RateLimited
+from proxy.stats.schema import NO_MODEL, RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from proxy.core.apis.base import Usage
-    from proxy.stats.schema import RequestRecord
 
 log = logging.getLogger("llmcp.tracing")
 
@@ -76,9 +76,9 @@ def provider_name(model: ModelConfig) -> str:
     return _PROVIDERS.get(prefix, prefix)
 
 
-def span(trace: RequestTrace | None, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+def span(trace: RequestTrace | None, name: str) -> contextlib.AbstractContextManager[Any]:
     """A child span of the request's span around a stage, or nothing when tracing is off."""
-    return _OFF if trace is None else trace.child(name, attributes)
+    return _OFF if trace is None else trace.child(name)
 
 
 # The provider call's hooks: one line each in the pipeline, nothing but a check when off.
@@ -202,9 +202,9 @@ class RequestTrace:
         self._provider_call: Span | None = None
 
     @contextlib.contextmanager
-    def child(self, name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
+    def child(self, name: str) -> Iterator[Span]:
         """A child span around one stage; an error leaving it marks it failed (by class)."""
-        child = self._tracer.start_span(name, self._context, attributes=attributes)
+        child = self._tracer.start_span(name, self._context)
         try:
             yield child
         except BaseException as exc:
@@ -270,31 +270,30 @@ class RequestTrace:
         if self._provider_call is not None:  # a stream cut short before its end was seen
             self._provider_call.end()
             self._provider_call = None
-        server.set_attribute("http.response.status_code", status)
-        server.set_attribute("llmcp.tenant", record.tenant)
-        if record.model != "-":
-            server.set_attribute("gen_ai.request.model", record.model)
+        done: dict[str, Any] = {"http.response.status_code": status, "llmcp.tenant": record.tenant}
+        if record.model != NO_MODEL:
+            done["gen_ai.request.model"] = record.model
         if record.cache is not None:
-            server.set_attribute("llmcp.cache.outcome", record.cache.lower())
+            done["llmcp.cache.outcome"] = record.cache.lower()
         if cache_status is not None:
-            server.set_attribute("llmcp.cache.status", cache_status)  # what X-Cache said
+            done["llmcp.cache.status"] = cache_status  # what X-Cache said
         if digest:
-            server.set_attribute("llmcp.cache.key", digest)
+            done["llmcp.cache.key"] = digest
         if model is not None:
-            server.set_attribute("gen_ai.provider.name", provider_name(model))
-            server.set_attribute("gen_ai.system", provider_name(model))
+            done["gen_ai.provider.name"] = done["gen_ai.system"] = provider_name(model)
         if record.prompt_tokens or record.completion_tokens:
-            server.set_attribute("gen_ai.usage.input_tokens", record.prompt_tokens)
-            server.set_attribute("gen_ai.usage.output_tokens", record.completion_tokens)
+            done["gen_ai.usage.input_tokens"] = record.prompt_tokens
+            done["gen_ai.usage.output_tokens"] = record.completion_tokens
         error = record.error or (f"rate_limited_{record.limited}" if record.limited else None)
         if error is not None:
-            server.set_attribute("error.type", error)
+            done["error.type"] = error
+        if self._log_prompts and record.prompt is not None:
+            done["llmcp.request.body"] = record.prompt
+        server.set_attributes(done)  # one call: the SDK takes a lock per call
         if status >= 500:
             from opentelemetry.trace import Status, StatusCode
 
             server.set_status(Status(StatusCode.ERROR))
-        if self._log_prompts and record.prompt is not None:
-            server.set_attribute("llmcp.request.body", record.prompt)
         server.end()
 
 

@@ -115,10 +115,13 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_stack(work: Path, redis_url: str, workers: int = 1, **sections: Any) -> Stack:
+def start_stack(
+    work: Path, redis_url: str, workers: int = 1, environ: dict[str, str] | None = None, **sections: Any
+) -> Stack:
+    """`environ`: more environment for the proxy (e.g. OTEL_* for tracing)."""
     stack = Stack(free_port(), free_port(), f"llmcpe2e{uuid.uuid4().hex[:8]}", work)
     write_config(work / "config.yaml", stack.upstream_port, stack.prefix, **sections)
-    env = child_env(REDIS_URL=redis_url)
+    env = child_env(REDIS_URL=redis_url, **(environ or {}))
     stack.procs.append(
         spawn(
             ["-m", "proxy.testing.fake_provider", "--port", str(stack.upstream_port)],

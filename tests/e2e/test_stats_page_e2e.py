@@ -60,11 +60,11 @@ def report(stack: Stack) -> dict:
     results = asyncio.run(burst(stack, content))
     # What clients see is unchanged: one MISS, the followers HIT with X-Cache-Coalesced: 1.
     assert sorted(results) == [("HIT", "1")] * (BURST - 1) + [("MISS", "")]
-    client = stack.client("acme")
-    for _ in range(2):  # two real hits
-        client.chat.completions.create(model="demo", messages=[{"role": "user", "content": content}])
+    with stack.client("acme") as client:
+        for _ in range(2):  # two real hits
+            client.chat.completions.create(model="demo", messages=[{"role": "user", "content": content}])
     stranger = openai.OpenAI(base_url=stack.base_url, api_key="sk-not-a-key-at-all", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):  # counted under no tenant
+    with stranger, pytest.raises(openai.AuthenticationError):  # counted under no tenant
         stranger.chat.completions.create(model="demo", messages=[{"role": "user", "content": "who am I"}])
     for _ in range(100):  # the server flushes every 50 ms
         body = httpx.get(f"{stack.base_url[:-3]}/stats", headers=ADMIN).json()

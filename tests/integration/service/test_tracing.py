@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.errors import ConfigError
 from proxy.http.app import create_app
+from proxy.service.runtime import Runtime
 from proxy.service.tracing import Tracing
 from proxy.testing.transports import HttpxTransport
 from proxy.upstream.demo import DemoUpstream
@@ -281,6 +282,17 @@ def test_enabled_without_opentelemetry_is_a_config_error(
     with pytest.raises(ConfigError, match=r"tracing\.enabled: OpenTelemetry is not installed: pip install"):
         build_config(key_prefix, tracing={"enabled": True})
     assert build_config(key_prefix).tracing.enabled is False  # off: not needed
+
+
+async def test_a_reload_cannot_turn_tracing_on_or_off(redis_url: str, key_prefix: str) -> None:
+    """The tracer is built once per process: changing tracing.* needs a restart."""
+    runtime = Runtime.build(build_config(key_prefix), redis_url)
+    try:
+        with pytest.raises(ConfigError, match=r"tracing\.\* changed: restart"):
+            runtime.reload(build_config(key_prefix, tracing={"enabled": True}))
+        assert runtime.tracing is None and runtime.config.tracing.enabled is False
+    finally:
+        await runtime.close()
 
 
 def test_an_unknown_otlp_protocol_is_a_config_error(key_prefix: str) -> None:
