@@ -19,6 +19,7 @@ Domain code raises these; nothing else reaches a client.
     ├── RateLimited                 429   code=rate_limit_exceeded | request_too_large
     ├── ServiceUnavailable          503   code=service_unavailable
     └── UpstreamError               502 upstream_error
+        ├── ModelNotConfigured      503   code=model_not_configured (no API key for its provider)
         ├── UpstreamTimeout         504   code=upstream_timeout
         ├── UpstreamRateLimited     429   code=rate_limit_exceeded (Retry-After kept)
         └── UpstreamRejected        4xx   the provider's own status for the client's input
@@ -169,6 +170,16 @@ class UpstreamError(ProxyError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+
+
+class ModelNotConfigured(UpstreamError):
+    """The model's provider needs an API key the proxy does not have: the message names the
+    environment variable to set (`proxy.upstream.credentials`). Raised instead of calling
+    the provider, so nothing is spent on a call bound to be refused."""
+
+    status = 503
+    type = "server_error"
+    code = "model_not_configured"
 
 
 class UpstreamTimeout(UpstreamError):

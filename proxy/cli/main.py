@@ -43,6 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging_setup = log_config(server.log_level, server.log_format, server.access_log)
     logging.config.dictConfig(logging_setup)
+    for line in _key_warnings(config):  # once per model, here in the parent, not per worker
+        logging.getLogger("llmcp.config").warning("%s", line)
 
     url = os.environ.get("REDIS_URL") or config.redis.url
     embedded = None
@@ -121,10 +123,21 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
+def _key_warnings(config: Config) -> list[str]:
+    """One line per model whose provider needs an API key and has none (none when every
+    tenant replays: replay mode never calls a provider)."""
+    if all(t.cache_mode == "replay" for t in config.tenants):
+        return []
+    from proxy.upstream.credentials import missing_keys
+
+    return [m.warning() for m in missing_keys(config.models, os.environ)]
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    warnings = _key_warnings(config)
     redis_url = os.environ.get("REDIS_URL") or config.redis.url
     print(f"config OK: {_config_path(args.config)}")
     print(f"  server   {config.server.host}:{config.server.port}, {config.server.workers} worker(s)")
@@ -150,6 +163,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             limits = ", ".join(parts) or "per-model/per-user only"
         mode = "" if t.cache_mode == "normal" else f", {t.cache_mode} mode"
         print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}{mode}")
+    for line in warnings:
+        print(f"warning: {line}")
+    if warnings and args.strict:
+        print(f"llm-cache-proxy: {len(warnings)} warning(s), failing as asked (--strict)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -182,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the config and print a summary")
     check.add_argument("--config")
+    check.add_argument("--strict", action="store_true", help="exit 1 on a warning too (a model with no key)")
     check.set_defaults(func=cmd_check_config)
 
     stats = sub.add_parser("stats", help="print hit ratios, tokens and money saved, from Redis")

@@ -47,3 +47,21 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     env["LLMCP_CONFIG"] = str(tmp_path / "missing.yaml")
     result = run("check-config", env=env)
     assert result.returncode == 1 and "config file not found" in result.stderr
+
+
+def test_check_config_warns_about_a_model_without_a_key_and_fails_only_when_strict() -> None:
+    """The shipped config with OPENAI_API_KEY unset: still valid (the demo model works),
+    one warning naming the variable; --strict makes it exit 1."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    config = str(REPO / "config.yaml")
+    result = run("check-config", "--config", config, env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "'gpt-4o-mini'" in warnings[0] and "set OPENAI_API_KEY" in warnings[0]
+    strict = run("check-config", "--strict", "--config", config, env=env)
+    assert strict.returncode == 1 and "--strict" in strict.stderr
+    with_key = run("check-config", "--strict", "--config", config, env={**env, "OPENAI_API_KEY": "sk-x"})
+    assert with_key.returncode == 0 and "warning:" not in with_key.stdout
