@@ -29,6 +29,10 @@ module imports none of them, least of all litellm (seconds to import).
     ├── 404                  UpstreamError 502 "does not know this model"
     ├── 400, 409, 413, 422   UpstreamRejected: that status, the provider's message alone
     └── any other            UpstreamError 502 "... failed"
+
+The access line's `error` reason (`proxy.errors.error_reason`) says which row answered:
+`upstream_unreachable`, `upstream_timeout`, `upstream_status_<the provider's status>`
+(401, 404, 422, 429, 500, ...) or `upstream_failed` (anything else: a broken answer).
 """
 
 from __future__ import annotations
@@ -96,8 +100,15 @@ def row_for(exc_class: type[BaseException]) -> Row | None:
 
 
 def _by_status(status: int, message: str | None, headers: Mapping[str, str]) -> ProxyError:
-    """The status rules both paths share: litellm's errors come here by their status_code."""
-    message = message or f"HTTP {status}"
+    """The status rules both paths share: litellm's errors come here by their status_code.
+    The access line's reason keeps the provider's status (`upstream_status_401`)."""
+    error = _status_error(status, message or f"HTTP {status}", headers)
+    if not isinstance(error, UpstreamTimeout):
+        error.reason = f"upstream_status_{status}"
+    return error
+
+
+def _status_error(status: int, message: str, headers: Mapping[str, str]) -> ProxyError:
     if status == 429:
         lower = {k.lower(): v for k, v in headers.items()}
         kept = {k: str(lower[k]) for k in _KEPT_HEADERS if lower.get(k)}
@@ -121,7 +132,9 @@ def _timed_out(detail: str) -> UpstreamTimeout:
 
 
 def _unreachable(detail: str) -> UpstreamError:
-    return UpstreamError(f"Could not reach the upstream provider: {detail}")
+    error = UpstreamError(f"Could not reach the upstream provider: {detail}")
+    error.reason = "upstream_unreachable"
+    return error
 
 
 def _failed(detail: str) -> UpstreamError:
