@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -60,13 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # replace the workers; a single-worker server reloads in place on SIGHUP.
     os.environ["LLMCP_SUPERVISOR_PID"] = str(os.getpid())
     os.environ["LLMCP_WORKERS"] = str(workers)
-    _warn_demo_keys(config, host)
+    json_logs = server.log_format == "json"
+    _warn_demo_keys(config, host, json_logs)
     where = "embedded Redis" if embedded else "Redis"
-    print(
+    banner = (
         f"llm-cache-proxy {__version__}: OpenAI base_url http://{host}:{port}/v1 "
-        f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})",
-        flush=True,
+        f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})"
     )
+    if json_logs:  # every line the process writes is one JSON object
+        logging.getLogger("llmcp.cli").info("%s", banner)
+    else:
+        print(banner, flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler that was
     # installed before it ran: make that an orderly exit so the embedded Redis is stopped.
     signal.signal(signal.SIGTERM, _exit_quietly)
@@ -97,18 +102,21 @@ _DEMO_KEYS = ("sk-demo-key", "sk-admin-demo-key")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _warn_demo_keys(config: Config, host: str) -> None:
+def _warn_demo_keys(config: Config, host: str, json_logs: bool = False) -> None:
     """The example config's keys are public: say so loudly if they face a network."""
     from proxy.config import key_digest
 
     demo = {key_digest(k) for k in _DEMO_KEYS}
     used = set(config.admin.key_digests) | set(config.tenant_by_key)
     if host not in _LOOPBACK and demo & used:
-        print(
-            "llm-cache-proxy: WARNING: the example's demo keys are configured and the proxy "
-            f"listens on {host}; set LLMCP_DEMO_KEY / LLMCP_ADMIN_KEY or edit the config.",
-            file=sys.stderr,
+        message = (
+            "the example's demo keys are configured and the proxy "
+            f"listens on {host}; set LLMCP_DEMO_KEY / LLMCP_ADMIN_KEY or edit the config."
         )
+        if json_logs:
+            logging.getLogger("llmcp.cli").warning("%s", message)
+        else:
+            print(f"llm-cache-proxy: WARNING: {message}", file=sys.stderr)
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
