@@ -188,7 +188,7 @@ def _tool(name: str, module: str = "tools") -> Any:
             return 1
         import importlib
 
-        chosen = "review" if name == "cmd_review" else module
+        chosen = {"cmd_review": "review", "cmd_doctor": "doctor"}.get(name, module)
         return int(getattr(importlib.import_module(f"proxy.cli.{chosen}"), name)(config, args))
 
     return run
@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli.review import add_parser as add_review
 
     add_review(sub, _tool)
+    doctor = sub.add_parser("doctor", help="check Redis and every model's provider, one line each")
+    doctor.add_argument("--config")
+    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per provider call (default 10)")
+    doctor.set_defaults(func=_tool("cmd_doctor"))  # proxy.cli.doctor, imported when run
     from proxy.cli.fixtures import add_parsers as add_fixtures
 
     add_fixtures(sub, _tool)
