@@ -89,7 +89,16 @@ def translate(exc: BaseException) -> ProxyError:
 
 
 def from_status(status: int, content: bytes, headers: Mapping[str, str]) -> ProxyError:
-    """A non-200 answer of an OpenAI-compatible server, read for the provider's own message."""
+    """A non-200 answer of an OpenAI-compatible server (the direct route), read for the
+    provider's own message. Logged like `translate`'s failures when the provider, not the
+    client, is at fault: a rejected key is in the server's log, not only in a client's."""
+    error = _status_answer(status, content, headers)
+    if error.status >= 500:
+        log.warning("upstream answered HTTP %s: %s", status, error.message)
+    return error
+
+
+def _status_answer(status: int, content: bytes, headers: Mapping[str, str]) -> ProxyError:
     return _by_status(status, _json_error_text(content), headers)
 
 
@@ -205,7 +214,7 @@ def _httpx_status(exc: Any) -> ProxyError:
         content = response.content
     except RuntimeError:  # httpx.ResponseNotRead: a streamed answer's body was never read
         content = b""
-    return from_status(response.status_code, content, response.headers)
+    return _status_answer(response.status_code, content, response.headers)  # translate logs it
 
 
 def _present(names: tuple[str, ...], *modules: object) -> tuple[type[BaseException], ...]:

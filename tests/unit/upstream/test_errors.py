@@ -538,3 +538,22 @@ def test_reasons_of_the_proxys_own_errors() -> None:
     assert error_reason(ServiceUnavailable("redis")) == "service_unavailable"
     assert error_reason(StoreUnavailable("redis")) == "redis_unavailable"
     assert error_reason(RuntimeError("boom: secret")) == "internal_error"
+
+
+def test_a_status_the_provider_is_at_fault_for_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The direct route's non-200 answers: a rejected key or a provider failure reaches the
+    server's log (not only the client); the client's own 4xx does not; never the key."""
+    with caplog.at_level("WARNING", logger="llmcp.upstream"):
+        from_status(401, b'{"error": {"message": "Incorrect API key provided: sk-abc***xyz"}}', {})
+        from_status(500, b'{"error": {"message": "overloaded"}}', {})
+        from_status(422, b'{"error": {"message": "bad field"}}', {})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "upstream answered HTTP 401: The upstream provider rejected the proxy's credentials for this model.",
+        "upstream answered HTTP 500: The upstream provider failed: overloaded",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmcp.upstream"):
+        response = httpx.Response(500, json={"error": {"message": "overloaded"}}, request=REQUEST)
+        translate(httpx.HTTPStatusError("boom", request=REQUEST, response=response))
+    assert len(caplog.records) == 1  # translate's line only
