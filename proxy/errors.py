@@ -21,9 +21,14 @@ Domain code raises these; nothing else reaches a client.
     ├── BudgetExceeded              429 insufficient_quota (a spend budget; never retried)
     ├── ServiceUnavailable          503   code=service_unavailable
     └── UpstreamError               502 upstream_error
+        ├── ModelNotConfigured      503   code=model_not_configured (no API key for its provider)
         ├── UpstreamTimeout         504   code=upstream_timeout
         ├── UpstreamRateLimited     429   code=rate_limit_exceeded (Retry-After kept)
         └── UpstreamRejected        4xx   the provider's own status for the client's input
+
+    error_reason(exc)               the short reason the access line carries (`upstream_timeout`,
+                                    `upstream_status_401`, `rate_limited_tokens`, `bad_request`, ...):
+                                    a fixed word for the kind of failure, never the message text
 
     ConfigError                     not an HTTP error: stops startup / check-config with one line
     StoreUnavailable                not an HTTP error: Redis failed; callers degrade (an
@@ -51,6 +56,9 @@ class ProxyError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    # Set where the failure is translated when the class alone does not say enough (an
+    # upstream 401 and an unreachable host are both a 502); see error_reason().
+    reason: str | None = None
 
     def __init__(
         self,
@@ -188,6 +196,16 @@ class UpstreamError(ProxyError):
     code = "upstream_error"
 
 
+class ModelNotConfigured(UpstreamError):
+    """The model's provider needs an API key the proxy does not have: the message names the
+    environment variable to set (`proxy.upstream.credentials`). Raised instead of calling
+    the provider, so nothing is spent on a call bound to be refused."""
+
+    status = 503
+    type = "server_error"
+    code = "model_not_configured"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
@@ -205,3 +223,24 @@ class UpstreamRejected(UpstreamError):
     status = 400
     type = "invalid_request_error"
     code = "upstream_rejected"
+
+
+def error_reason(exc: BaseException) -> str:
+    """A short, fixed reason for the access line: the kind of failure, never its message."""
+    if isinstance(exc, ProxyError):
+        if exc.reason:
+            return exc.reason
+        if isinstance(exc, RateLimited):
+            return f"rate_limited_{exc.type}"
+        if isinstance(exc, UpstreamRejected | UpstreamRateLimited):
+            return f"upstream_status_{exc.status}"
+        if isinstance(exc, UpstreamTimeout | ModelNotConfigured):
+            return str(exc.code)
+        if isinstance(exc, UpstreamError):
+            return "upstream_failed"
+        if 400 <= exc.status < 500:
+            return exc.code or "bad_request"
+        return exc.code or "internal_error"
+    if isinstance(exc, StoreUnavailable):
+        return "redis_unavailable"
+    return "internal_error"

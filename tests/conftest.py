@@ -3,6 +3,11 @@
 Redis is `REDIS_URL` when set (CI points it at the machine's server, own DB number),
 else an embedded redis-server this suite starts. Every test writes under its own key
 prefix and deletes only keys under it, so the suite never touches anyone else's data.
+
+With `CI` set a skipped test fails the run (`tests/ci_skips.py`); locally skips print
+their reason (`-rs` in pyproject). `tests/container/` is collected only with
+LLMCP_TEST_IMAGE set (`.ci/container` sets it once it has built the image), so a plain
+run neither runs nor skips it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from proxy.testing.transports import HttpxTransport
 from proxy.upstream.selector import Upstreams
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+pytest_plugins = ["pytester", "tests.ci_skips"]
+
+# The image's own tests run only where `.ci/container` built one (it sets LLMCP_TEST_IMAGE).
+collect_ignore = [] if os.environ.get("LLMCP_TEST_IMAGE") else ["container"]
 
 TENANT_KEYS = {"acme": "sk-acme-test-key", "globex": "sk-globex-test-key"}
 ADMIN_KEY = "sk-admin-test-key"

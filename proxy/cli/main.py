@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -43,6 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging_setup = log_config(server.log_level, server.log_format, server.access_log)
     logging.config.dictConfig(logging_setup)
+    for line in _key_warnings(config):  # once per model, here in the parent, not per worker
+        logging.getLogger("llmcp.config").warning("%s", line)
 
     url = os.environ.get("REDIS_URL") or config.redis.url
     embedded = None
@@ -58,13 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # replace the workers; a single-worker server reloads in place on SIGHUP.
     os.environ["LLMCP_SUPERVISOR_PID"] = str(os.getpid())
     os.environ["LLMCP_WORKERS"] = str(workers)
-    _warn_demo_keys(config, host)
+    json_logs = server.log_format == "json"
+    _warn_demo_keys(config, host, json_logs)
     where = "embedded Redis" if embedded else "Redis"
-    print(
+    banner = (
         f"llm-cache-proxy {__version__}: OpenAI base_url http://{host}:{port}/v1 "
-        f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})",
-        flush=True,
+        f"({workers} worker{'s' if workers > 1 else ''}, {where} at {_safe_url(url)})"
     )
+    if json_logs:  # every line the process writes is one JSON object
+        logging.getLogger("llmcp.cli").info("%s", banner)
+    else:
+        print(banner, flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler that was
     # installed before it ran: make that an orderly exit so the embedded Redis is stopped.
     signal.signal(signal.SIGTERM, _exit_quietly)
@@ -95,18 +102,21 @@ _DEMO_KEYS = ("sk-demo-key", "sk-admin-demo-key")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _warn_demo_keys(config: Config, host: str) -> None:
+def _warn_demo_keys(config: Config, host: str, json_logs: bool = False) -> None:
     """The example config's keys are public: say so loudly if they face a network."""
     from proxy.config import key_digest
 
     demo = {key_digest(k) for k in _DEMO_KEYS}
     used = set(config.admin.key_digests) | set(config.tenant_by_key)
     if host not in _LOOPBACK and demo & used:
-        print(
-            "llm-cache-proxy: WARNING: the example's demo keys are configured and the proxy "
-            f"listens on {host}; set LLMCP_DEMO_KEY / LLMCP_ADMIN_KEY or edit the config.",
-            file=sys.stderr,
+        message = (
+            "the example's demo keys are configured and the proxy "
+            f"listens on {host}; set LLMCP_DEMO_KEY / LLMCP_ADMIN_KEY or edit the config."
         )
+        if json_logs:
+            logging.getLogger("llmcp.cli").warning("%s", message)
+        else:
+            print(f"llm-cache-proxy: WARNING: {message}", file=sys.stderr)
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
@@ -121,10 +131,36 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
+def _key_warnings(config: Config) -> list[str]:
+    """One line per model whose provider needs an API key and has none (none when every
+    tenant replays: replay mode never calls a provider)."""
+    if all(t.cache_mode == "replay" for t in config.tenants):
+        return []
+    from proxy.upstream.credentials import missing_keys
+
+    return [m.warning() for m in missing_keys(config.models, os.environ)]
+
+
+def _price_warnings(config: Config) -> list[str]:
+    """One line per model nothing prices, when a tenant has a budget (it could not use it)."""
+    budgeted = [t.name for t in config.tenants if t.budget]
+    if not budgeted:
+        return []
+    from proxy.core.prices import model_prices
+
+    return [
+        f"model {m.name} has no price: tenants with a budget ({', '.join(budgeted)}) get 400 "
+        "model_has_no_price for it; set input_cost_per_token and output_cost_per_token"
+        for m in config.models
+        if model_prices(m) is None
+    ]
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    warnings = _key_warnings(config)
     redis_url = os.environ.get("REDIS_URL") or config.redis.url
     print(f"config OK: {_config_path(args.config)}")
     print(f"  server   {config.server.host}:{config.server.port}, {config.server.workers} worker(s)")
@@ -158,16 +194,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             ]
             budget = f", budget {' '.join(amounts) or 'per user only'}"
         print(f"  tenant   {t.name}: {len(t.api_keys)} key(s), {limits}{mode}{budget}")
-    budgeted = [t.name for t in config.tenants if t.budget]
-    if budgeted:
-        from proxy.core.prices import model_prices
-
-        for m in config.models:
-            if model_prices(m) is None:
-                print(
-                    f"  warning  model {m.name} has no price: tenants with a budget ({', '.join(budgeted)}) "
-                    "get 400 model_has_no_price for it; set input_cost_per_token and output_cost_per_token"
-                )
+    warnings += _price_warnings(config)
+    for line in warnings:
+        print(f"warning: {line}")
+    if warnings and args.strict:
+        print(f"llm-cache-proxy: {len(warnings)} warning(s), failing as asked (--strict)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -180,7 +212,7 @@ def _tool(name: str, module: str = "tools") -> Any:
             return 1
         import importlib
 
-        chosen = "review" if name == "cmd_review" else module
+        chosen = {"cmd_review": "review", "cmd_doctor": "doctor"}.get(name, module)
         return int(getattr(importlib.import_module(f"proxy.cli.{chosen}"), name)(config, args))
 
     return run
@@ -200,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the config and print a summary")
     check.add_argument("--config")
+    check.add_argument("--strict", action="store_true", help="exit 1 on a warning too (a model with no key)")
     check.set_defaults(func=cmd_check_config)
 
     stats = sub.add_parser("stats", help="print hit ratios, tokens and money saved, from Redis")
@@ -231,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli.review import add_parser as add_review
 
     add_review(sub, _tool)
+    doctor = sub.add_parser("doctor", help="check Redis and every model's provider, one line each")
+    doctor.add_argument("--config")
+    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per provider call (default 10)")
+    doctor.set_defaults(func=_tool("cmd_doctor"))  # proxy.cli.doctor, imported when run
     from proxy.cli.fixtures import add_parsers as add_fixtures
 
     add_fixtures(sub, _tool)

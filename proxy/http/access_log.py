@@ -1,7 +1,10 @@
 """The one access line per request. A proxied request's line has its request id, tenant,
-model, cache status, HTTP status, latency and upstream tokens; every other route's has
-method, path, status and latency. Never the API key, and never the prompt unless
-`server.log_prompts` is on. uvicorn's own access logger stays off: this replaces it."""
+model, cache status, HTTP status, latency and upstream tokens, and for a failure a short
+`error` reason (`upstream_unreachable`, `upstream_status_401`, `rate_limited_tokens`,
+`bad_request`: `proxy.errors.error_reason`, never the message text, which may hold the
+client's input); every other route's has method, path, status and latency. Never the API
+key, and never the prompt unless `server.log_prompts` is on. uvicorn's own access logger
+stays off: this replaces it."""
 
 from __future__ import annotations
 
@@ -27,11 +30,14 @@ def log_request(record: RequestRecord, request_id: str, path: str, status: int) 
         "status": status,
         "latency_ms": latency_ms,
         "tokens": record.prompt_tokens + record.completion_tokens,
-        "error": record.error or record.limited or "",
+        "error": record.reason or record.error or record.limited or "",
         "path": path,
     }
     message = "%s %s %s %s %s %.1fms"
     args: list[object] = [request_id, record.tenant, record.model, fields["cache"], status, latency_ms]
+    if fields["error"]:
+        message += " error=%s"
+        args.append(fields["error"])
     if record.prompt is not None:  # only with server.log_prompts: true
         fields["prompt"] = record.prompt
         message += " %s"

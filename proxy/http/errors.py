@@ -7,7 +7,7 @@ import logging
 
 import orjson
 
-from proxy.errors import ProxyError, ServiceUnavailable, StoreUnavailable
+from proxy.errors import ModelNotConfigured, ProxyError, ServiceUnavailable, StoreUnavailable
 
 log = logging.getLogger("llmcp")
 JSON = "application/json"
@@ -24,4 +24,7 @@ def error_parts(exc: BaseException) -> tuple[int, dict[str, str], bytes]:
     if not isinstance(exc, ProxyError):
         log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
         exc = ProxyError("The proxy hit an internal error. It has been logged.")
-    return exc.status, exc.headers, orjson.dumps(exc.body())
+    headers = exc.headers
+    if isinstance(exc, ModelNotConfigured):  # no retry helps until the operator sets the key
+        headers = {**headers, "x-should-retry": "false"}
+    return exc.status, headers, orjson.dumps(exc.body())

@@ -19,7 +19,7 @@ import orjson
 
 from proxy.core.apis.base import Assembler, GenerationAdapter, Usage
 from proxy.core.tokens import count_text, encoding, encoding_name
-from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout, error_reason
 from proxy.service.request import SSE, ProxyRequest, Reply
 from proxy.service.stages import Stages
 from proxy.service.tracing import call_ended, call_failed, call_responded, call_started
@@ -88,7 +88,7 @@ class StreamingMiss:
                 yield api.done
         except ProxyError as exc:
             log.warning("upstream stream failed mid-way (%s); not cached", exc.message)
-            req.record.error = "upstream"
+            req.record.error, req.record.reason = "upstream", error_reason(exc)
             call_failed(req.trace, exc)
             yield api.error_event(exc)
         except (GeneratorExit, asyncio.CancelledError):

@@ -39,6 +39,7 @@ from proxy.errors import (
     RateLimited,
     ServiceUnavailable,
     UpstreamError,
+    error_reason,
 )
 
 PROXY_TENANT = "_proxy"  # counters with no tenant (failed authentication); not a valid tenant name
@@ -253,6 +254,7 @@ class RequestRecord:
     cache: str | None = None  # HIT | MISS | BYPASS | COALESCED
     error: str | None = None  # bad_request | upstream | redis | internal | auth
     limited: str | None = None  # requests | tokens | budget
+    reason: str | None = None  # the access line's short error reason (proxy.errors.error_reason)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     digest: str = ""
@@ -267,6 +269,7 @@ class RequestRecord:
 
 def classify(record: RequestRecord, exc: BaseException) -> None:
     """Note on the record what kind of failure answered the request."""
+    record.reason = error_reason(exc)
     if isinstance(exc, RateLimited):
         record.limited = exc.type
     elif isinstance(exc, BudgetExceeded):

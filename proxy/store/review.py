@@ -5,6 +5,8 @@ An item is keyed by the cache entry's digest inside its namespace (tenant, or `s
     <prefix>:v1:<ns>:rv:item:{<digest>}      hash: state, source, flags, reason, who, when
     <prefix>:v1:<ns>:rv:answer:{<digest>}    the answer under review (a copy of the entry)
     <prefix>:v1:<ns>:rv:request:{<digest>}   the request that produced it
+    <prefix>:v1:<ns>:rv:flags:{<digest>}     each flag's own copy of the answer it flagged
+                                             (list, oldest first, at most FLAG_COPIES)
     <prefix>:v1:{<ns>}:rv:queue              sorted set of pending digests, capped
     <prefix>:v1:{<ns>}:rv:dropped            how many were dropped to honour the cap
 
@@ -36,6 +38,11 @@ from proxy.store.l1 import l1_channel
 Decision = Literal["approve", "reject", "pin"]
 DECISIONS: tuple[str, ...] = ("approve", "reject", "pin")
 _UINT32 = 2**32
+# Each flag keeps its own copy of the answer it flagged (quarantine refreshes the entry, so
+# a second flag is often about a different answer), up to this many per item: the first
+# flag's copy and the newest ones (docs/keyspace.md). Bounded: an item costs at most this
+# many answers, whatever a client flags.
+FLAG_COPIES = 10
 
 
 def is_sampled(digest: str, rate: float) -> bool:
@@ -80,6 +87,7 @@ class ReviewQueue:
             sibling_key(entry, "rv:item"),
             sibling_key(entry, "rv:answer"),
             sibling_key(entry, "rv:request"),
+            sibling_key(entry, "rv:flags"),
         ]
 
     def queue_key(self, namespace: str) -> str:
@@ -109,7 +117,8 @@ class ReviewQueue:
     ) -> Marked:
         now = _now_ms()
         retention = self._review.retention_seconds * 1000
-        argv: list[str | int] = [now, retention, mode, reason, who, self._channel, kind]
+        meta = orjson.dumps({"flagged_ms": now, "flagged_by": who, "reason": reason}).decode()
+        argv: list[str | int] = [now, retention, mode, reason, who, self._channel, kind, meta, FLAG_COPIES]
         keys = self._keys(namespace, digest, kind)
         outcome, flags = await self._gate.run(lambda r: self._mark(keys, argv))
         outcome = outcome.decode()
@@ -185,34 +194,54 @@ class ReviewQueue:
     async def items(
         self, namespace: str, digests: list[str], with_answer: bool = False, with_request: bool = False
     ) -> list[dict[str, Any] | None]:
-        """Each item's metadata (None where there is none), optionally with its answer and request."""
+        """Each item's metadata (None where there is none), optionally with its answer (and
+        each flag's own copy of the answer it flagged) and request."""
         if not digests:
             return []
 
         async def read(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for digest in digests:
-                _, _, item, answer, request = self._keys(namespace, digest)
+                _, _, item, answer, request, copies = self._keys(namespace, digest)
                 pipe.hgetall(item)
                 pipe.get(answer) if with_answer else pipe.getrange(answer, 0, HEADER_MAX)
                 pipe.get(request) if with_request else pipe.exists(request)
+                pipe.lrange(copies, 0, -1) if with_answer else pipe.llen(copies)
                 for kind in KINDS:  # the item says which; reading all three saves a round trip
                     pipe.pttl(cache_key(self._prefix, namespace, kind, digest))
             return list(await pipe.execute())
 
         raw = await self._gate.run(read)
         out: list[dict[str, Any] | None] = []
-        width = 3 + len(KINDS)
+        width = 4 + len(KINDS)
         for i, digest in enumerate(digests):
-            fields, answer, request, *ttls = raw[width * i : width * (i + 1)]
+            fields, answer, request, copies, *ttls = raw[width * i : width * (i + 1)]
             kind = (fields or {}).get(b"kind", b"chat").decode()
             entry_pttl = ttls[KINDS.index(kind)] if kind in KINDS else -2
-            out.append(
-                _describe(namespace, digest, fields, answer, request, entry_pttl, with_answer, with_request)
-                if fields
-                else None
+            if not fields:
+                out.append(None)
+                continue
+            item = _describe(
+                namespace, digest, fields, answer, request, entry_pttl, with_answer, with_request
             )
+            if with_answer:
+                item["flagged_answers"] = [_flagged_copy(c) for c in copies]
+            item["flag_copies"] = len(copies) if with_answer else int(copies)
+            out.append(item)
         return out
+
+
+def _flagged_copy(raw: bytes) -> dict[str, Any]:
+    """One flag's record (`<metadata JSON>\\n<entry>`, review_mark.lua) for a reviewer."""
+    meta_raw, _, blob = raw.partition(b"\n")
+    meta = orjson.loads(meta_raw)
+    entry = decode_entry(blob)
+    return {
+        "flagged_at": _seconds(str(meta.get("flagged_ms") or "")),
+        "flagged_by": meta.get("flagged_by"),
+        "reason": meta.get("reason"),
+        "answer": orjson.loads(entry.body) if entry else None,
+    }
 
 
 def _expires_ms(raw: Any) -> int:

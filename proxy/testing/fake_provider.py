@@ -6,10 +6,12 @@ It answers `POST /v1/chat/completions`, `/v1/completions` and `/v1/responses` (s
 not) and `/v1/embeddings` with `proxy.upstream.demo`'s deterministic answers, counts the calls it
 gets, and misbehaves on command so fault handling can be driven for real:
 
+    GET  /v1/models     {"object": "list", "data": [{"id": "fake-model", ...}]} (what `doctor`
+                        asks; 401 unless `Authorization: Bearer <api_key>` once a mode sets one)
     GET  /_fake/stats   {"requests": n, "last_body": {...}}
     POST /_fake/reset   zero the counter
     POST /_fake/mode    {"mode": "ok" | "error" | "hang" | "garbage" | "reset" | "half_stream",
-                         "status": 500, "latency_ms": 0, "chunk_delay_ms": 0,
+                         "status": 500, "latency_ms": 0, "chunk_delay_ms": 0, "api_key": null,
                          "usage": null | {"prompt_tokens": p, "completion_tokens": c,
                                           "cached_tokens": k}}
 
@@ -43,6 +45,7 @@ class FakeState:
     usage: dict[str, int] | None = None
     requests: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
+    api_key: str | None = None  # GET /v1/models wants it when set
 
 
 async def _read(receive: Any) -> bytes:
@@ -89,6 +92,8 @@ class FakeUpstream:
             for name, value in orjson.loads(body or b"{}").items():
                 setattr(self.state, name, value)
             await _send_json(send, {"ok": True})
+        elif path.endswith("/models") and method == "GET":
+            await self._models(scope, send)
         elif (endpoint := _endpoint(path)) is not None and method == "POST":
             await self._generate(endpoint, orjson.loads(body), send)
         elif path.endswith("/embeddings") and method == "POST":
@@ -103,6 +108,15 @@ class FakeUpstream:
             )
         else:
             await _send_json(send, {"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
+
+    async def _models(self, scope: Scope, send: Any) -> None:
+        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if self.state.api_key is not None and given != f"Bearer {self.state.api_key}":
+            error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            await _send_json(send, {"error": error}, 401)
+            return
+        model = {"id": "fake-model", "object": "model", "created": 1, "owned_by": "fake"}
+        await _send_json(send, {"object": "list", "data": [model]})
 
     async def _generate(self, endpoint: Endpoint, request: dict[str, Any], send: Any) -> None:
         state = self.state

@@ -37,6 +37,12 @@ class HttpxTransport:
         response = await self._client().send(self._request(url, body, headers, timeout))
         return response.status_code, response.headers, response.content
 
+    async def get(self, url: str, headers: dict[str, str], timeout: float) -> tuple[int, Headers, bytes]:
+        response = await self._client().get(
+            url, headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        )
+        return response.status_code, response.headers, response.content
+
     async def stream(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> OpenStream:
         response = await self._client().send(self._request(url, body, headers, timeout), stream=True)
         if response.status_code != 200:

@@ -29,6 +29,10 @@ module imports none of them, least of all litellm (seconds to import).
     ├── 404                  UpstreamError 502 "does not know this model"
     ├── 400, 409, 413, 422   UpstreamRejected: that status, the provider's message alone
     └── any other            UpstreamError 502 "... failed"
+
+The access line's `error` reason (`proxy.errors.error_reason`) says which row answered:
+`upstream_unreachable`, `upstream_timeout`, `upstream_status_<the provider's status>`
+(401, 404, 422, 429, 500, ...) or `upstream_failed` (anything else: a broken answer).
 """
 
 from __future__ import annotations
@@ -85,7 +89,16 @@ def translate(exc: BaseException) -> ProxyError:
 
 
 def from_status(status: int, content: bytes, headers: Mapping[str, str]) -> ProxyError:
-    """A non-200 answer of an OpenAI-compatible server, read for the provider's own message."""
+    """A non-200 answer of an OpenAI-compatible server (the direct route), read for the
+    provider's own message. Logged like `translate`'s failures when the provider, not the
+    client, is at fault: a rejected key is in the server's log, not only in a client's."""
+    error = _status_answer(status, content, headers)
+    if error.status >= 500:
+        log.warning("upstream answered HTTP %s: %s", status, error.message)
+    return error
+
+
+def _status_answer(status: int, content: bytes, headers: Mapping[str, str]) -> ProxyError:
     return _by_status(status, _json_error_text(content), headers)
 
 
@@ -96,8 +109,15 @@ def row_for(exc_class: type[BaseException]) -> Row | None:
 
 
 def _by_status(status: int, message: str | None, headers: Mapping[str, str]) -> ProxyError:
-    """The status rules both paths share: litellm's errors come here by their status_code."""
-    message = message or f"HTTP {status}"
+    """The status rules both paths share: litellm's errors come here by their status_code.
+    The access line's reason keeps the provider's status (`upstream_status_401`)."""
+    error = _status_error(status, message or f"HTTP {status}", headers)
+    if not isinstance(error, UpstreamTimeout):
+        error.reason = f"upstream_status_{status}"
+    return error
+
+
+def _status_error(status: int, message: str, headers: Mapping[str, str]) -> ProxyError:
     if status == 429:
         lower = {k.lower(): v for k, v in headers.items()}
         kept = {k: str(lower[k]) for k in _KEPT_HEADERS if lower.get(k)}
@@ -121,7 +141,9 @@ def _timed_out(detail: str) -> UpstreamTimeout:
 
 
 def _unreachable(detail: str) -> UpstreamError:
-    return UpstreamError(f"Could not reach the upstream provider: {detail}")
+    error = UpstreamError(f"Could not reach the upstream provider: {detail}")
+    error.reason = "upstream_unreachable"
+    return error
 
 
 def _failed(detail: str) -> UpstreamError:
@@ -192,7 +214,7 @@ def _httpx_status(exc: Any) -> ProxyError:
         content = response.content
     except RuntimeError:  # httpx.ResponseNotRead: a streamed answer's body was never read
         content = b""
-    return from_status(response.status_code, content, response.headers)
+    return _status_answer(response.status_code, content, response.headers)  # translate logs it
 
 
 def _present(names: tuple[str, ...], *modules: object) -> tuple[type[BaseException], ...]:

@@ -117,6 +117,10 @@ def _litellm() -> Any:
     global _loaded
     if _loaded is None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        # litellm gives its loggers a plain-text stdout handler at import and logs through
+        # it while importing; at CRITICAL that handler stays quiet and the records reach
+        # ours (one format), until `_own_logs` removes it.
+        os.environ.setdefault("LITELLM_LOG", "CRITICAL")
         import litellm
 
         litellm.suppress_debug_info = True

@@ -52,6 +52,11 @@ class AiohttpTransport:
         async with self._client().post(url, data=body, headers=headers, timeout=_timeout(timeout)) as r:
             return r.status, r.headers, await r.read()
 
+    async def get(self, url: str, headers: dict[str, str], timeout: float) -> tuple[int, Headers, bytes]:
+        """A GET (`doctor` asks a provider's models endpoint); not part of `HttpTransport`."""
+        async with self._client().get(url, headers=headers, timeout=_timeout(timeout)) as r:
+            return r.status, r.headers, await r.read()
+
     async def stream(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> OpenStream:
         response = await self._client().post(url, data=body, headers=headers, timeout=_timeout(timeout))
         if response.status != 200:

@@ -1,6 +1,7 @@
 """The built container image serves: its own CMD, as its own USER, with its own ENV and
 WORKDIR, read from `podman image inspect`. `.ci/container` builds the image and runs this
-with LLMCP_TEST_IMAGE set; without it (the default `pytest` run) every test here skips.
+with LLMCP_TEST_IMAGE set; without it (the default `pytest` run) tests/conftest.py does not
+collect this directory.
 
 Where `podman run` works (a developer's machine), the image runs in podman. Where the OCI
 runtime is refused (our CI machines forbid its setrlimit calls), the image's exported

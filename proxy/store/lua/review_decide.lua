@@ -1,7 +1,8 @@
 -- Decide a pending review item. The first decision wins: this check-and-set is the claim
 -- that stops two reviewers deciding one item twice.
 -- Time is in milliseconds in this script.
--- KEYS: as review_mark.lua (entry, its request, item, answer under review, its request)
+-- KEYS: as review_mark.lua (entry, its request, item, answer under review, its request,
+--   each flag's copy)
 -- ARGV[1] decision: "approve" | "reject" | "pin"   ARGV[2] now_ms   ARGV[3] who decides
 -- ARGV[4] retention_ms   ARGV[5] pin_ms (how long a pinned answer stays)
 -- ARGV[6] ttl_ms for an approved answer put back when its item has no TTL recorded
@@ -45,7 +46,7 @@ end
 
 local new_state
 if decision == 'reject' then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6])
   new_state = 'rejected'
 elseif decision == 'approve' then
   -- A quarantined answer is served again, unless a fresh answer took its place meanwhile.

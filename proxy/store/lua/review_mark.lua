@@ -2,10 +2,15 @@
 -- Time is in milliseconds in this script.
 -- KEYS[1] the cache entry             KEYS[2] the request stored beside it (may be absent)
 -- KEYS[3] the review item (hash)      KEYS[4] the answer under review (a copy of KEYS[1])
--- KEYS[5] the request under review    (all five end in the {<digest>} hash tag: one slot)
+-- KEYS[5] the request under review    KEYS[6] each flag's own copy (list, oldest first)
+--   (all six end in the {<digest>} hash tag: one slot)
 -- ARGV[1] now_ms  ARGV[2] retention_ms  ARGV[3] mode: "quarantine" | "keep" | "sample"
 -- ARGV[4] reason  ARGV[5] who flagged  ARGV[6] L1 channel ("" for none)
 -- ARGV[7] the entry's kind (chat, cmpl, resp): decisions find the entry by it
+-- ARGV[8] this flag's metadata (JSON, one line)  ARGV[9] copies kept per item (at least 2)
+-- A flag appends `<metadata>\n<the answer it flagged>` to KEYS[6]: a later flag never
+-- replaces an earlier one's copy. Past ARGV[9] copies the second oldest goes, so the first
+-- flagged answer and the newest ones stay.
 -- Returns {outcome, flags}, outcome one of:
 --   "missing"  nothing to review: no cache entry and no answer under review
 --   "skipped"  a sample of an answer that is queued or was reviewed already
@@ -26,7 +31,7 @@ if state == 'pending' and redis.call('HEXISTS', KEYS[3], 'indexed') == 0 then
   outcome = 'queued'
 elseif state ~= 'pending' then
   outcome = 'queued'
-  redis.call('DEL', KEYS[3]) -- a reopened item starts over: no decision carries over
+  redis.call('DEL', KEYS[3], KEYS[6]) -- a reopened item starts over: no decision carries over
   local source = 'flag'
   if mode == 'sample' then source = 'sample' end
   redis.call('HSET', KEYS[3], 'state', 'pending', 'source', source, 'created_ms', now, 'flags', 0, 'kind', ARGV[7])
@@ -57,6 +62,16 @@ local flags = 0
 if mode ~= 'sample' then
   flags = redis.call('HINCRBY', KEYS[3], 'flags', 1)
   redis.call('HSET', KEYS[3], 'reason', ARGV[4], 'flagged_ms', now, 'flagged_by', ARGV[5])
+  -- The answer this flag was about: the entry served, else the one quarantined before.
+  local flagged = redis.call('GET', KEYS[4])
+  if flagged then
+    redis.call('RPUSH', KEYS[6], ARGV[8] .. '\n' .. flagged)
+    if redis.call('LLEN', KEYS[6]) > tonumber(ARGV[9]) then
+      redis.call('LSET', KEYS[6], 1, '')
+      redis.call('LREM', KEYS[6], 1, '') -- index 0 is never empty: this drops index 1
+    end
+    redis.call('PEXPIRE', KEYS[6], retention)
+  end
 end
 redis.call('PEXPIRE', KEYS[3], retention)
 return {outcome, flags}

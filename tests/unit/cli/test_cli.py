@@ -60,5 +60,24 @@ def test_check_config_warns_of_models_a_budget_cannot_price(tmp_path: Path) -> N
     result = run("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "tenant   acme: 1 key(s), unlimited, budget $25/day $500/month" in result.stdout
-    warnings = [line for line in result.stdout.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "model mystery has no price" in warnings[0]
+    warnings = [line for line in result.stdout.splitlines() if "has no price" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: model mystery has no price")
+    assert run("check-config", "--strict", "--config", str(config)).returncode == 1
+
+
+def test_check_config_warns_about_a_model_without_a_key_and_fails_only_when_strict() -> None:
+    """The shipped config with OPENAI_API_KEY unset: still valid (the demo model works),
+    one warning naming the variable; --strict makes it exit 1."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    config = str(REPO / "config.yaml")
+    result = run("check-config", "--config", config, env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "'gpt-4o-mini'" in warnings[0] and "set OPENAI_API_KEY" in warnings[0]
+    strict = run("check-config", "--strict", "--config", config, env=env)
+    assert strict.returncode == 1 and "--strict" in strict.stderr
+    with_key = run("check-config", "--strict", "--config", config, env={**env, "OPENAI_API_KEY": "sk-x"})
+    assert with_key.returncode == 0 and "warning:" not in with_key.stdout

@@ -26,7 +26,14 @@ import respx
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import ProxyError, UpstreamError, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
+from proxy.errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    error_reason,
+)
 from proxy.upstream.errors import from_status, row_for, translate
 
 CREDENTIALS = "The upstream provider rejected the proxy's credentials for this model."
@@ -494,3 +501,59 @@ def test_keys_in_urls_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> N
     assert error.message == UNREACHABLE + "ConnectionError"
     [line] = caplog.records
     assert "AIzaSECRET" not in line.getMessage() and "key=[redacted]&alt=sse" in line.getMessage()
+
+
+def test_every_failure_kind_has_its_access_line_reason(
+    exceptions: dict[str, set[type[BaseException]]],
+) -> None:
+    """The reason the access line carries (proxy.errors.error_reason) for every class of
+    every library: the kind of failure, on both upstream paths alike."""
+    for cls in named(exceptions, "Timeout"):
+        assert error_reason(translate(build(cls))) == "upstream_timeout", cls
+    for cls in [c for c in named(exceptions, "Connect") if "Timeout" not in c.__name__]:
+        assert error_reason(translate(build(cls))) == "upstream_unreachable", cls
+    for status in (400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503):
+        assert error_reason(from_status(status, b"{}", {})) == f"upstream_status_{status}", status
+    for status in (408, 504):
+        assert error_reason(from_status(status, b"", {})) == "upstream_timeout"
+    assert error_reason(translate(ValueError("odd"))) == "upstream_failed"
+
+
+def test_reasons_of_the_proxys_own_errors() -> None:
+    from proxy.errors import (
+        BodyTooLarge,
+        InvalidRequest,
+        ModelNotConfigured,
+        RateLimited,
+        ServiceUnavailable,
+        StoreUnavailable,
+    )
+
+    assert error_reason(InvalidRequest("bad temperature", param="temperature")) == "bad_request"
+    assert error_reason(InvalidRequest("too deep", code="nesting_too_deep")) == "nesting_too_deep"
+    assert error_reason(BodyTooLarge("big")) == "request_too_large"
+    assert error_reason(RateLimited("slow down", kind="tokens")) == "rate_limited_tokens"
+    assert error_reason(RateLimited("slow down", kind="requests")) == "rate_limited_requests"
+    assert error_reason(ModelNotConfigured("no key")) == "model_not_configured"
+    assert error_reason(ServiceUnavailable("redis")) == "service_unavailable"
+    assert error_reason(StoreUnavailable("redis")) == "redis_unavailable"
+    assert error_reason(RuntimeError("boom: secret")) == "internal_error"
+
+
+def test_a_status_the_provider_is_at_fault_for_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The direct route's non-200 answers: a rejected key or a provider failure reaches the
+    server's log (not only the client); the client's own 4xx does not; never the key."""
+    with caplog.at_level("WARNING", logger="llmcp.upstream"):
+        from_status(401, b'{"error": {"message": "Incorrect API key provided: sk-abc***xyz"}}', {})
+        from_status(500, b'{"error": {"message": "overloaded"}}', {})
+        from_status(422, b'{"error": {"message": "bad field"}}', {})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "upstream answered HTTP 401: The upstream provider rejected the proxy's credentials for this model.",
+        "upstream answered HTTP 500: The upstream provider failed: overloaded",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmcp.upstream"):
+        response = httpx.Response(500, json={"error": {"message": "overloaded"}}, request=REQUEST)
+        translate(httpx.HTTPStatusError("boom", request=REQUEST, response=response))
+    assert len(caplog.records) == 1  # translate's line only
