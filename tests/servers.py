@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -265,3 +265,19 @@ class RedisSentinelSetup:
             self._sentinel = None
         self.replica.stop()
         self.primary.stop()
+
+
+def in_processes(target: Any, args: tuple[Any, ...], count: int, timeout: float = 60) -> list[Any]:
+    """Run `target(*args, results)` in `count` spawned processes at once (real concurrency:
+    no shared interpreter); what each put on `results`."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, results)) for _ in range(count)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    return out

@@ -23,6 +23,7 @@ import redis
 from proxy.config import parse_config
 from proxy.core.apis import CHAT
 from tests.conftest import ADMIN_KEY, TENANT_KEYS
+from tests.e2e.browser import stats_page
 from tests.e2e.stack import Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -186,8 +187,6 @@ def check_no_retry(
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
 def test_the_page_shows_spend_budgets_and_both_savings(stack: Stack, redis_sync: redis.Redis) -> None:
-    from playwright.sync_api import sync_playwright
-
     client = openai.OpenAI(base_url=stack.base_url, api_key=HOOLI_KEY, max_retries=0)
     # The provider serves 800 of the 1,000 prompt tokens from its own prompt cache.
     stack.upstream_mode(usage={"prompt_tokens": 1000, "completion_tokens": 10, "cached_tokens": 800})
@@ -209,26 +208,16 @@ def test_the_page_shows_spend_budgets_and_both_savings(stack: Stack, redis_sync:
     assert week["spend_usd"] == pytest.approx(0.00062)
     assert week["cost_saved_usd"] > 0
     assert report["budgets"]["hooli"]["day"]["spent_usd"] == pytest.approx(0.00062)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{stack.base_url[:-3]}/stats/ui#key={ADMIN_KEY}")
-            page.wait_for_selector("body[data-ready='1']")
-            cards = page.text_content("#cards") or ""
-            assert "saved by this cache (7d)" in cards
-            assert "saved by the provider's prompt cache (7d)" in cards
-            row = "#breakdown tr[data-tenant='hooli']"
-            assert page.text_content(f"{row} td[data-metric='provider_cache_saved_usd']") == "$0.0004"
-            assert page.text_content(f"{row} td[data-metric='spend_usd']") == "$0.0006"
-            assert page.is_visible("#budgets")
-            budget = "#budget-table tr[data-tenant='hooli']"
-            assert page.locator(budget).count() == 2  # day and month
-            spent = page.text_content(f"{budget} td[data-metric='budget_spent'][data-window='day']")
-            assert spent == "$0.000620"
-            assert page.text_content(f"{budget} td[data-metric='budget_limit'][data-window='day']") == "$2.00"
-        finally:
-            browser.close()
+    with stats_page(stack, width=1400, height=1000) as page:
+        cards = page.text_content("#cards") or ""
+        assert "saved by this cache (7d)" in cards
+        assert "saved by the provider's prompt cache (7d)" in cards
+        row = "#breakdown tr[data-tenant='hooli']"
+        assert page.text_content(f"{row} td[data-metric='provider_cache_saved_usd']") == "$0.0004"
+        assert page.text_content(f"{row} td[data-metric='spend_usd']") == "$0.0006"
+        assert page.is_visible("#budgets")
+        budget = "#budget-table tr[data-tenant='hooli']"
+        assert page.locator(budget).count() == 2  # day and month
+        spent = page.text_content(f"{budget} td[data-metric='budget_spent'][data-window='day']")
+        assert spent == "$0.000620"
+        assert page.text_content(f"{budget} td[data-metric='budget_limit'][data-window='day']") == "$2.00"

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import ADMIN_KEY, TENANT_KEYS
+from tests.e2e.browser import stats_page
 from tests.e2e.stack import Stack, cli, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -80,37 +81,25 @@ def test_a_flag_stops_serving_on_every_worker_and_the_cli_decides(stack: Stack, 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
 def test_the_stats_page_lists_and_pins(stack: Stack) -> None:
-    from playwright.sync_api import sync_playwright
-
     digest = ask(stack, f"page {uuid.uuid4()}").headers["x-cache-key"]
     other = ask(stack, f"page {uuid.uuid4()}").headers["x-cache-key"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
-        )
-        try:
-            page = browser.new_page()
-            page.goto(f"{stack.base_url[:-3]}/stats/ui#key={ADMIN_KEY}")
-            page.wait_for_selector("body[data-ready='1']")
-            # Flag one through the page's form, the other over the API.
-            page.fill("#flag-key", digest)
-            page.fill("#flag-tenant", "acme")
-            page.fill("#flag-reason", "from the page")
-            page.click("#flag-form button")
-            page.wait_for_selector(f"tr[data-id='{digest}']")
-            httpx.post(f"{stack.base_url}/cache/flags", json={"key": other}, headers=ACME).raise_for_status()
-            page.click(f"tr[data-id='{digest}'] button[data-decision='show']")
-            page.wait_for_function("document.getElementById('review-detail').textContent.includes('answer')")
-            # Each flag's own copy is shown, with the reason it was flagged for.
-            detail = page.text_content("#review-detail") or ""
-            assert '"flagged_answers"' in detail and '"reason": "from the page"' in detail
-            page.click(f"tr[data-id='{digest}'] button[data-decision='pin']")
-            page.wait_for_selector(f"tr[data-id='{digest}']", state="detached")
-            assert page.locator(f"tr[data-id='{other}']").count() == 1  # reloaded with the new flag
-            assert "pinned by admin:" in page.text_content("#review-detail")
-            assert ADMIN_KEY not in page.content()
-        finally:
-            browser.close()
+    with stats_page(stack) as page:
+        # Flag one through the page's form, the other over the API.
+        page.fill("#flag-key", digest)
+        page.fill("#flag-tenant", "acme")
+        page.fill("#flag-reason", "from the page")
+        page.click("#flag-form button")
+        page.wait_for_selector(f"tr[data-id='{digest}']")
+        httpx.post(f"{stack.base_url}/cache/flags", json={"key": other}, headers=ACME).raise_for_status()
+        page.click(f"tr[data-id='{digest}'] button[data-decision='show']")
+        page.wait_for_function("document.getElementById('review-detail').textContent.includes('answer')")
+        # Each flag's own copy is shown, with the reason it was flagged for.
+        detail = page.text_content("#review-detail") or ""
+        assert '"flagged_answers"' in detail and '"reason": "from the page"' in detail
+        page.click(f"tr[data-id='{digest}'] button[data-decision='pin']")
+        page.wait_for_selector(f"tr[data-id='{digest}']", state="detached")
+        assert page.locator(f"tr[data-id='{other}']").count() == 1  # reloaded with the new flag
+        assert "pinned by admin:" in page.text_content("#review-detail")
+        assert ADMIN_KEY not in page.content()
     item = httpx.get(f"{stack.base_url[:-3]}/admin/review/{digest}?tenant=acme", headers=ADMIN).json()
     assert item["state"] == "pinned" and item["reason"] == "from the page"

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import ADMIN_KEY, TENANT_KEYS
+from tests.e2e.browser import stats_page
 from tests.e2e.stack import Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -105,56 +106,44 @@ def test_metrics_have_the_coalesced_outcome(stack: Stack, report: dict) -> None:
 def test_the_page_shows_coalesced_a_time_axis_and_explains_unauthenticated(
     stack: Stack, report: dict
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
+    with stats_page(stack, width=1200) as page:
+        shown = page.text_content("#windows td[data-metric='coalesced'][data-window='1h']")
+        assert shown == str(BURST - 1)
+        assert page.text_content("#windows td[data-metric='hits'][data-window='1h']") == "2"
+        coalesced_ms = page.text_content("#windows td[data-metric='latency_coalesced'][data-window='1h']")
+        assert re.fullmatch(r"[0-9.]+/[0-9.]+", coalesced_ms or ""), coalesced_ms
+        # The unauthenticated row: named as such, explained, and still in the totals.
+        row = page.locator("#breakdown tr[data-tenant='_proxy']")
+        assert row.locator("td").first.text_content() == "unauthenticated"
+        assert page.is_visible("#unauthenticated-note")
+        assert "_proxy" not in page.text_content("#breakdown")
+        assert page.text_content("#breakdown tr[data-tenant='acme'] td[data-metric='coalesced']") == str(
+            BURST - 1
         )
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"{stack.base_url[:-3]}/stats/ui#key={ADMIN_KEY}")
-            page.wait_for_selector("body[data-ready='1']")
-            shown = page.text_content("#windows td[data-metric='coalesced'][data-window='1h']")
-            assert shown == str(BURST - 1)
-            assert page.text_content("#windows td[data-metric='hits'][data-window='1h']") == "2"
-            coalesced_ms = page.text_content("#windows td[data-metric='latency_coalesced'][data-window='1h']")
-            assert re.fullmatch(r"[0-9.]+/[0-9.]+", coalesced_ms or ""), coalesced_ms
-            # The unauthenticated row: named as such, explained, and still in the totals.
-            row = page.locator("#breakdown tr[data-tenant='_proxy']")
-            assert row.locator("td").first.text_content() == "unauthenticated"
-            assert page.is_visible("#unauthenticated-note")
-            assert "_proxy" not in page.text_content("#breakdown")
-            assert page.text_content("#breakdown tr[data-tenant='acme'] td[data-metric='coalesced']") == str(
-                BURST - 1
-            )
-            # The chart's time axis: ticks at round times, labelled, per window.
-            now = datetime.fromtimestamp(report["generated_at"], UTC)
-            expected = {
-                "1h": (600, r"\d\d:\d0", 6),
-                "24h": (3 * 3600, r"\d\d:00", 8),
-                "7d": (86400, r"(Sun|Mon|Tue|Wed|Thu|Fri|Sat) \d\d-\d\d", 7),
-            }
-            for series, (every, pattern, at_least) in expected.items():
-                page.click(f"#series-tabs button:text-is('{series}')")
-                ticks = page.locator("#chart g.tick")
-                times = [int(t) for t in ticks.evaluate_all("ts => ts.map(t => t.dataset.t)")]
-                labels = ticks.locator("text").all_text_contents()
-                assert len(labels) >= at_least, (series, labels)
-                assert all(re.fullmatch(pattern, label) for label in labels), (series, labels)
-                assert all(t % every == 0 for t in times)
-                # Labelled with the time they stand for (UTC), spanning the window up to now.
-                first = datetime.fromtimestamp(times[0], UTC)
-                assert labels[0] in (first.strftime("%H:%M"), first.strftime("%a %m-%d"))
-                assert times[-1] <= now.timestamp() + every
-                xs = [
-                    float(v)
-                    for v in ticks.locator("line").evaluate_all("ls => ls.map(l => l.getAttribute('x1'))")
-                ]
-                assert xs == sorted(xs) and len(set(xs)) == len(xs)
-            page.click("#series-tabs button:text-is('1h')")
-            assert page.locator("#chart circle").count() >= 1  # the burst's minute has a point
-            assert ADMIN_KEY not in page.content()
-        finally:
-            browser.close()
+        # The chart's time axis: ticks at round times, labelled, per window.
+        now = datetime.fromtimestamp(report["generated_at"], UTC)
+        expected = {
+            "1h": (600, r"\d\d:\d0", 6),
+            "24h": (3 * 3600, r"\d\d:00", 8),
+            "7d": (86400, r"(Sun|Mon|Tue|Wed|Thu|Fri|Sat) \d\d-\d\d", 7),
+        }
+        for series, (every, pattern, at_least) in expected.items():
+            page.click(f"#series-tabs button:text-is('{series}')")
+            ticks = page.locator("#chart g.tick")
+            times = [int(t) for t in ticks.evaluate_all("ts => ts.map(t => t.dataset.t)")]
+            labels = ticks.locator("text").all_text_contents()
+            assert len(labels) >= at_least, (series, labels)
+            assert all(re.fullmatch(pattern, label) for label in labels), (series, labels)
+            assert all(t % every == 0 for t in times)
+            # Labelled with the time they stand for (UTC), spanning the window up to now.
+            first = datetime.fromtimestamp(times[0], UTC)
+            assert labels[0] in (first.strftime("%H:%M"), first.strftime("%a %m-%d"))
+            assert times[-1] <= now.timestamp() + every
+            xs = [
+                float(v)
+                for v in ticks.locator("line").evaluate_all("ls => ls.map(l => l.getAttribute('x1'))")
+            ]
+            assert xs == sorted(xs) and len(set(xs)) == len(xs)
+        page.click("#series-tabs button:text-is('1h')")
+        assert page.locator("#chart circle").count() >= 1  # the burst's minute has a point
+        assert ADMIN_KEY not in page.content()

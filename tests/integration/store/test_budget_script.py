@@ -4,13 +4,14 @@ window, TTLs, and real concurrency."""
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 from typing import Any
 
 import redis
 
 from proxy.store.connection import script as lua_script
 from tests.conftest import own_keys, sync_client
+from tests.servers import in_processes
 
 NOW = 5_000_000
 EXPIRE_AT_MS = 4_102_444_800_000  # 2100-01-01
@@ -99,7 +100,7 @@ def _spend(url: str, key: str, attempts: int, out: Any) -> None:
     acquire = lua_script(client, "acquire.lua")
     allowed = 0
     for i in range(attempts):
-        args = [0, "", 10_000, 1000, EXPIRE_AT_MS, f"{id(client)}.{i}"]  # worth 10 requests of 1000
+        args = [0, "", 10_000, 1000, EXPIRE_AT_MS, f"{os.getpid()}.{i}"]  # worth 10 requests of 1000
         allowed += int(acquire(keys=[key], args=args)[0]) == 1
     out.put(allowed)
     client.close()
@@ -109,14 +110,7 @@ def test_exactly_the_budget_is_reserved_across_processes(
     redis_url: str, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
     key = f"{key_prefix}:v1:{{conc}}:budget:d"
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_spend, args=(redis_url, key, 25, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    allowed = sum(results.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
+    allowed = sum(in_processes(_spend, (redis_url, key, 25), 4))
     assert allowed == 10  # 100 attempts from 4 processes
     assert int(redis_sync.hget(key, "spent") or 0) == 10_000
     assert all(redis_sync.ttl(k) > 0 for k in own_keys(redis_sync, key_prefix))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.store.connection import script as lua_script
 from tests.conftest import own_keys, sync_client
+from tests.servers import in_processes
 
 
 @dataclass
@@ -128,14 +128,7 @@ def test_exactly_capacity_allowed_across_processes(
     redis_url: str, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
     key = f"{key_prefix}:v1:{{conc}}:rl:requests"
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(redis_url, key, 50, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    allowed = sum(results.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
+    allowed = sum(in_processes(_hammer, (redis_url, key, 50), 4))
     # 200 attempts from 4 processes, capacity 50, refill 1/min: exactly 50, never more.
     assert allowed == 50
     assert all(redis_sync.ttl(k) > 0 for k in own_keys(redis_sync, key_prefix))
