@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -281,3 +284,23 @@ def in_processes(target: Any, args: tuple[Any, ...], count: int, timeout: float 
     for p in procs:
         p.join(timeout=30)
     return out
+
+
+@contextlib.contextmanager
+def fake_provider_process(**mode: Any) -> Iterator[str]:
+    """The fake provider (proxy.testing.fake_provider) in a process of its own, set to
+    `mode` (see its POST /_fake/mode); yields its OpenAI base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.testing.fake_provider", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_fake/stats")
+        if mode:
+            httpx.post(f"http://127.0.0.1:{port}/_fake/mode", json=mode).raise_for_status()
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

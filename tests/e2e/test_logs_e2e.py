@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import TENANT_KEYS
-from tests.servers import child_env, free_port, wait_for_http
+from tests.servers import child_env, fake_provider_process, free_port, wait_for_http
 
 pytestmark = pytest.mark.e2e
 ALARMING = ("warning", "error", "critical")
@@ -72,18 +72,8 @@ class Server:
 
 @pytest.fixture
 def fake_provider(tmp_path: Path) -> Any:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.testing.fake_provider", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/_fake/stats")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with fake_provider_process() as base_url:
+        yield base_url
 
 
 def test_with_log_format_json_every_line_is_one_json_object(tmp_path: Path, fake_provider: str) -> None:

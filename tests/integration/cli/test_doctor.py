@@ -22,7 +22,7 @@ from proxy.store.diagnostics import eviction_verdict
 from proxy.testing.transports import HttpxTransport
 from proxy.upstream.transport import AiohttpTransport
 from tests.conftest import TENANT_KEYS, build_config, provider_mock
-from tests.servers import RedisProcess, free_port, wait_for_http
+from tests.servers import RedisProcess, fake_provider_process, free_port
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[3]
@@ -32,19 +32,8 @@ FAKE_KEY = "sk-fake-provider-key"
 @pytest.fixture(scope="module")
 def fake_provider() -> Iterator[str]:
     """The fake provider, wanting FAKE_KEY on GET /v1/models."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.testing.fake_provider", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/_fake/stats")
-        httpx.post(f"http://127.0.0.1:{port}/_fake/mode", json={"api_key": FAKE_KEY}).raise_for_status()
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with fake_provider_process(api_key=FAKE_KEY) as base_url:
+        yield base_url
 
 
 @pytest.fixture
