@@ -3,15 +3,16 @@
 # pip and useradd on PATH works; CI builds one with debootstrap (.ci/container).
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# Build stage: the project and its dependencies installed into a virtualenv of their own
-# (binary wheels only: no compiler needed or shipped). The venv has no pip, and pip keeps
+# Build stage: the project and its dependencies, with the [tracing] extra (OpenTelemetry:
+# `tracing.enabled: true` works without a rebuild), installed into a virtualenv of their
+# own (binary wheels only: no compiler needed or shipped). The venv has no pip, and pip keeps
 # no cache; bytecode is compiled here, once (startup takes half as long as without it).
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN python -m venv --without-pip /opt/venv \
-    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: .
+    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: ".[tracing]"
 
 # Runtime stage: the base plus that venv, non-root (numeric uid 10001), config at
 # /etc/llm-cache-proxy/config.yaml. The base's own `proxy` system user is left alone.

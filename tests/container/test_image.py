@@ -263,6 +263,8 @@ def test_the_runtime_stage_carries_no_build_leftovers(inspect: dict[str, Any], r
     print(f"image {IMAGE}: {int(inspect['Size']) / 1e6:.0f} MB")
     print(f"  /opt/venv {du(venv) / 1e6:.0f} MB; biggest (MB): {biggest}")
     assert (venv / "bin/llm-cache-proxy").exists()
+    assert (site / "opentelemetry/sdk").is_dir()  # tracing.enabled works without a rebuild
+    assert (site / "opentelemetry/exporter/otlp/proto/http").is_dir()
     assert not (rootfs / "wheels").exists() and not (rootfs / "src").exists()
     assert not list(venv.glob("lib/python*/site-packages/pip")), "pip inside the runtime venv"
     for cache in ("root/.cache", "home/llmcp/.cache"):
