@@ -113,7 +113,7 @@ HEADERS = st.fixed_dictionaries(
 
 def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
     """Status, headers and body, less what the demo model makes from the clock (`id`,
-    `created`, `created_at`, fresh on every upstream call) and `Age`."""
+    `item_id`, `created`, `created_at`, fresh on every upstream call) and `Age`."""
     headers = {k: v for k, v in response.headers.items() if k != "age"}
     raw = response.content
     if headers.get("content-type", "").startswith("text/event-stream"):
@@ -131,7 +131,9 @@ def _unclocked(raw: bytes) -> Any:
 
 def _without(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without(v) for k, v in value.items() if k not in ("id", "created", "created_at")}
+        return {
+            k: _without(v) for k, v in value.items() if k not in ("id", "item_id", "created", "created_at")
+        }
     if isinstance(value, list):
         return [_without(v) for v in value]
     return value
