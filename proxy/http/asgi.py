@@ -67,22 +67,24 @@ class FastPath:
         return self.inner.router
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not self._headers_fit(scope):
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        # One walk over the headers: their size, the Authorization count and the ones we read.
+        headers, size, authorizations = _read_headers(scope["headers"])
+        if not self._headers_fit(size):
             return await self._refuse(scope, send, self._too_large())
-        if scope["type"] == "http" and _authorizations(scope["headers"]) > 1:
+        if authorizations > 1:
             # Which one would count? /v1/* read the last, the other routes the first.
             error = InvalidRequest("The request has more than one Authorization header; send one.")
             return await self._refuse(scope, send, error)
-        api = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if api is None:
-            if scope["type"] == "http":
-                send = logged_send(send, scope["method"], scope["path"])
-            await self.inner(scope, receive, send)
-            return
         path = scope["path"]
+        api = ROUTES.get(path)
+        if api is None:
+            await self.inner(scope, receive, logged_send(send, scope["method"], path))
+            return
         runtime: Runtime = self.inner.state.runtime
         record = RequestRecord()
-        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
         request_id = _request_id(headers.get("x-request-id"))
         tracing, req = runtime.tracing, None
         trace = None if tracing is None else tracing.start(path, request_id, headers)
@@ -117,11 +119,9 @@ class FastPath:
         finally:
             _finish(runtime, record, request_id, path, reply.status, trace, req)
 
-    def _headers_fit(self, scope: Scope) -> bool:
+    def _headers_fit(self, size: int) -> bool:
         runtime = getattr(self.inner.state, "runtime", None)  # None before the lifespan ran
-        if runtime is None:
-            return True
-        return sum(len(k) + len(v) for k, v in scope["headers"]) <= runtime.config.server.max_header_bytes
+        return runtime is None or size <= runtime.config.server.max_header_bytes
 
     def _too_large(self) -> HeadersTooLarge:
         limit = self.inner.state.runtime.config.server.max_header_bytes
@@ -132,8 +132,18 @@ class FastPath:
         await _send_whole(send, status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], body)
 
 
-def _authorizations(headers: list[tuple[bytes, bytes]]) -> int:
-    return sum(1 for name, _ in headers if name == b"authorization")
+def _read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], int, int]:
+    """The headers the endpoints read (the last of each name wins), the size of them all,
+    and how many Authorization headers there are."""
+    wanted: dict[str, str] = {}
+    size = authorizations = 0
+    for name, value in raw:
+        size += len(name) + len(value)
+        if name in _WANTED:
+            wanted[name.decode()] = value.decode("latin-1")
+            if name == b"authorization":
+                authorizations += 1
+    return wanted, size, authorizations
 
 
 def _finish(

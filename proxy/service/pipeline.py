@@ -16,11 +16,13 @@ import orjson
 from proxy.core.apis.base import Adapter, GenerationAdapter, Usage
 from proxy.core.apis.embeddings import EmbeddingsAdapter
 from proxy.core.keys import cache_key
+from proxy.core.validation import parse_json_object
 from proxy.errors import StoreUnavailable
 from proxy.service.follower import Follower
 from proxy.service.items import ItemFlow
 from proxy.service.replay import Replay
 from proxy.service.request import ProxyRequest, Reply
+from proxy.service.request_memo import Keyed, RequestMemo
 from proxy.service.stages import Stages
 from proxy.service.stream import StreamingMiss
 from proxy.service.tracing import call_ended, call_failed, call_responded, call_started, span
@@ -29,8 +31,11 @@ from proxy.service.tracing import call_ended, call_failed, call_responded, call_
 class Pipeline:
     """Serves every cached endpoint for one config generation (a reload builds a new one)."""
 
-    def __init__(self, stages: Stages) -> None:
+    def __init__(self, stages: Stages, memo: RequestMemo | None = None) -> None:
         self.stages = stages
+        # What repeated request bytes resolve to (this config generation's: a reload builds
+        # a new Pipeline); `RequestMemo(0)` remembers nothing.
+        self._memo = RequestMemo() if memo is None else memo
         self._follower = Follower(stages)
         self._streaming = StreamingMiss(stages)
         self._items = ItemFlow(stages, self._follower)
@@ -38,22 +43,39 @@ class Pipeline:
 
     async def answer(self, api: Adapter, req: ProxyRequest, raw: bytes) -> Reply:
         """Answer one request; `req` records what happened (headers and stats read it)."""
-        self.stages.prepare(api, req, raw)
         if isinstance(api, EmbeddingsAdapter):
+            self.stages.prepare(api, req, raw)
             reply = await self._items.answer(api, req)
         else:
             assert isinstance(api, GenerationAdapter)
+            self._resolve(api, req, raw)
             reply = await self._generate(api, req)
         if req.tenant.budget is not None:
             await self.stages.view_budgets(req)  # a hit passed no limiter: its x-budget-* headers
         return reply
 
+    def _resolve(self, api: GenerationAdapter, req: ProxyRequest, raw: bytes) -> None:
+        """Parse, validate, key: `Stages.prepare` and the digest, or what they made of the
+        same bytes (same endpoint, tenant and cache headers) before."""
+        memo_key = (api, req.tenant.name, req.meta, raw)
+        known = self._memo.get(memo_key)
+        if known is None:
+            stages = self.stages
+            model = stages.prepare(api, req, raw)
+            digest = api.digest(req.body, model)
+            key = cache_key(stages.config.redis.key_prefix, stages.namespace(req), api.key_kind, digest)
+            known = Keyed(model, req.controls, req.stream, digest, key, api.include_usage(req.body))
+            self._memo.put(memo_key, known)
+        else:
+            req.api, req.model, req.body = api, known.model, parse_json_object(raw)
+            req.record.model = known.model.name
+            req.controls, req.stream = known.controls, known.stream
+        req.digest = req.flight_digest = req.record.digest = known.digest
+        req.key, req.include_usage = known.key, known.include_usage
+
     async def _generate(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
         stages = self.stages
         assert req.model is not None
-        req.digest = req.flight_digest = req.record.digest = api.digest(req.body, req.model)
-        req.key = cache_key(stages.config.redis.key_prefix, stages.namespace(req), api.key_kind, req.digest)
-        req.include_usage = api.include_usage(req.body)
         if req.controls.lookup:
             try:
                 with span(req.trace, "llmcp.cache.lookup"):

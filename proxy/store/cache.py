@@ -155,8 +155,8 @@ class CacheStore:
             raw = await self._gate.run(lambda r: r.get(key))
             # The client is created without decode_responses, so values are bytes.
             return decode_entry(raw) if isinstance(raw, bytes) else None
-        raw = l1.get(key)
-        if raw is None:
+        entry: Entry | None = l1.get(key)
+        if entry is None:
 
             async def get_with_ttl(r: Any) -> list[Any]:
                 pipe = r.pipeline(transaction=False)
@@ -167,8 +167,10 @@ class CacheStore:
             raw, pttl = await self._gate.run(get_with_ttl)
             if not isinstance(raw, bytes):
                 return None
-            l1.put(key, raw, pttl / 1000)
-        return decode_entry(raw)
+            entry = decode_entry(raw)
+            if entry is not None:  # kept decoded: immutable, and a hit then decodes nothing
+                l1.put(key, entry, pttl / 1000, len(entry.body) + len(entry.model))
+        return entry
 
     async def put(
         self,

@@ -1,6 +1,7 @@
 """An optional in-process L1 cache in front of Redis, coherent across replicas.
 
-A least-recently-used map of raw entry values, bounded by bytes. Entries expire with
+A least-recently-used map of entries, bounded by bytes: the cache keeps them decoded
+(`proxy.store.cache.Entry`, immutable), so an L1 hit neither parses nor decompresses. Entries expire with
 their Redis TTL (read with the value, in the same round trip) and after `max_age_ms` at
 the latest, which bounds what Redis does silently (eviction under maxmemory). Every
 write of a cache entry publishes its key on `<prefix>:v1:l1` (pipelined with the SET, so
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -35,31 +37,34 @@ class L1Cache:
     def __init__(self, max_bytes: int, max_age_ms: int) -> None:
         self.max_bytes = max_bytes
         self._max_age = max_age_ms / 1000
-        self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        # key -> (value, expires at (monotonic), its cost against max_bytes)
+        self._items: OrderedDict[str, tuple[Any, float, int]] = OrderedDict()
         self.size = 0
         self.coherent = False  # only used while subscribed to invalidations
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Any:
         if not self.coherent:
             return None
         item = self._items.get(key)
         if item is None:
             return None
-        value, expires = item
+        value, expires, _ = item
         if time.monotonic() >= expires:
             self._drop(key)
             return None
         self._items.move_to_end(key)
         return value
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+    def put(self, key: str, value: Any, ttl_s: float, size: int | None = None) -> None:
+        """Keep `value` (never changed once put) for at most `ttl_s`; `size` is what it
+        counts against max_bytes (its stored size; `len(value)` by default)."""
         if not self.coherent or ttl_s <= 0:
             return
-        cost = len(value) + len(key) + _PER_ENTRY_OVERHEAD
+        cost = (len(value) if size is None else size) + len(key) + _PER_ENTRY_OVERHEAD
         if cost > self.max_bytes // 8:
             return  # one entry may not take a large share of the L1
         self._drop(key)
-        self._items[key] = (value, time.monotonic() + min(ttl_s, self._max_age))
+        self._items[key] = (value, time.monotonic() + min(ttl_s, self._max_age), cost)
         self.size += cost
         while self.size > self.max_bytes and self._items:
             self._drop(next(iter(self._items)))
@@ -67,7 +72,7 @@ class L1Cache:
     def _drop(self, key: str) -> None:
         item = self._items.pop(key, None)
         if item is not None:
-            self.size -= len(item[0]) + len(key) + _PER_ENTRY_OVERHEAD
+            self.size -= item[2]
 
     def invalidate(self, message: str) -> None:
         """`k <key>` drops one entry, `p <key prefix>` every entry under it, `*` all."""

@@ -146,3 +146,28 @@ def test_python_warnings_are_log_records_too_in_every_process_that_applies_the_c
     record = orjson.loads(line)
     assert record["logger"] == "py.warnings" and record["level"] == "warning"
     assert "careful now" in record["message"]
+
+
+def test_the_access_record_is_the_one_make_record_makes() -> None:
+    """The access line's record is copied from a blank one for speed: it must have every
+    attribute `Logger.makeRecord` sets, with the same values but the clock's."""
+    from proxy.http import access_log
+
+    fields = {"request_id": "r1", "tenant": "acme", "status": 200, "latency_ms": 1.5}
+    saved = logging.logThreads, logging.logProcesses, logging.logMultiprocessing
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    try:
+        made = access_log.access.makeRecord(
+            "llmcp.access", logging.INFO, "", 0, "%s %s", ("r1", 200), None, extra=fields
+        )
+        fast = access_log._record("%s %s", ("r1", 200), fields)
+    finally:
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved
+    clock = ("created", "msecs", "relativeCreated")
+    assert {k: v for k, v in vars(fast).items() if k not in clock} == {
+        k: v for k, v in vars(made).items() if k not in clock
+    }
+    assert fast.msecs == int((fast.created % 1) * 1000)
+    # Counted from the same start as makeRecord's:
+    assert fast.relativeCreated == pytest.approx(made.relativeCreated + (fast.created - made.created) * 1000)
+    assert fast.getMessage() == "r1 200"
