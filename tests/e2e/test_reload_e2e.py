@@ -58,10 +58,15 @@ class Traffic:
 
 
 def accepts(stack: Stack, key: str) -> bool:
+    """A probe (not the traffic whose every answer is checked): a connection a replaced
+    worker reset while it exits reads as "not yet"."""
     body = {"model": "demo", "messages": [{"role": "user", "content": "new tenant"}]}
-    response = httpx.post(
-        f"{stack.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-    )
+    try:
+        response = httpx.post(
+            f"{stack.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+    except httpx.TransportError:
+        return False
     return response.status_code == 200
 
 
