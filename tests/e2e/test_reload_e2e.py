@@ -102,6 +102,12 @@ def watched(
 ) -> Iterator[Stack]:
     watch = {"watch_config_seconds": 0.2}
     stack = start_stack(tmp_path_factory.mktemp("e2e-watch"), redis_url, 2, server=watch)
+    # /readyz answers once one worker is up: an edit before the second one has started would
+    # reach it as its initial config, never as a reload.
+    deadline = time.monotonic() + 30
+    while (stack.work / "proxy.log").read_text().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, "the second worker never started"
+        time.sleep(0.1)
     yield stack
     stop_stack(stack, redis_sync)
 
