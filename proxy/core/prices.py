@@ -60,17 +60,18 @@ class Prices:
         price_in = _pico(input_usd)
         return cls(price_in, _pico(output_usd), price_in if cached_usd is None else _pico(cached_usd))
 
-    def cost_nano(self, prompt: int, completion: int, cached: int = 0) -> int:
-        """Nano-dollars for an answer's usage, rounded up; `cached` of the prompt tokens at
-        the cached price."""
+    def cost_pico(self, prompt: int, completion: int, cached: int = 0) -> int:
+        """Pico-dollars for an answer's usage; `cached` of the prompt tokens (at most all of
+        them) at the cached price."""
         cached = max(0, min(cached, prompt))
-        pico = (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
-        return -(-pico // 1000)
+        return (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
+
+    def cost_nano(self, prompt: int, completion: int, cached: int = 0) -> int:
+        """Nano-dollars for an answer's usage, rounded up (what budgets count)."""
+        return -(-self.cost_pico(prompt, completion, cached) // 1000)
 
     def cost_usd(self, prompt: int, completion: int, cached: int = 0) -> float:
-        cached = max(0, min(cached, prompt))
-        pico = (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
-        return pico / PICO_PER_USD
+        return self.cost_pico(prompt, completion, cached) / PICO_PER_USD
 
     def cached_saving_usd(self, cached: int) -> float:
         """What the provider's prompt cache saved on `cached` prompt tokens."""
