@@ -89,7 +89,7 @@ def redis_for(config: Config) -> tuple[str, Any]:
 
 
 async def with_gate(config: Config, url: str, work: Any) -> Any:
-    client = connect(url, config.redis)
+    client = connect(url, config.redis, per_read_timeout=True)
     try:
         return await work(RedisGate(client, retry_after_ms=0))
     finally:

@@ -32,7 +32,7 @@ def with_redis(config: Config, work: Callable[[RedisGate], Awaitable[T]]) -> T:
         url = embedded.url
 
     async def run() -> T:
-        client = connect(url, config.redis)
+        client = connect(url, config.redis, per_read_timeout=True)
         try:
             return await work(RedisGate(client, retry_after_ms=0))
         finally:

@@ -62,7 +62,10 @@ class Runtime:
         """`tracing` replaces the one tracing.enabled builds from the OTEL_* environment (tests
         pass one with an in-memory exporter)."""
         gate = RedisGate(
-            connect(redis_url, config.redis), config.redis.retry_after_ms, config.redis.breaker_failures
+            connect(redis_url, config.redis),
+            config.redis.retry_after_ms,
+            config.redis.breaker_failures,
+            timeout_s=config.redis.timeout_ms / 1000,
         )
         l1 = None
         if config.cache.l1.enabled:

@@ -63,22 +63,25 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith("redis+sentinel://")
 
 
-def connect(url: str, cfg: RedisConfig) -> aioredis.Redis:
-    """A client with bounded timeouts. The plain pool (not BlockingConnectionPool, whose
+def connect(url: str, cfg: RedisConfig, per_read_timeout: bool = False) -> aioredis.Redis:
+    """A client with bounded connects. Reads are bounded by the `RedisGate` around each call
+    (`asyncio.timeout`, `redis.timeout_ms`), not by redis-py's socket timeout, which wraps
+    every write in `asyncio.wait_for` (a task per command: a fifth of the CPU of a Redis
+    round trip here); `per_read_timeout` keeps redis-py's per-read bound instead, for the
+    CLI's long imports and scans, whose gate sets no total. The plain pool (not BlockingConnectionPool, whose
     per-checkout condition wait costs ~5% of a hit): past max_connections a call fails at
     once with "Too many connections", which bypasses the cache for that request only.
     For Redis Cluster (`redis.cluster`, or several nodes in the url): redis-py's cluster
     client, which routes each command by its key's slot and follows MOVED/ASK."""
+    read_timeout_s = cfg.timeout_ms / 1000 if per_read_timeout else None
     if is_sentinel_url(url):
-        return _sentinel_master(
-            url, cfg.max_connections, cfg.timeout_ms / 1000, cfg.connect_timeout_ms / 1000
-        )
+        return _sentinel_master(url, cfg.max_connections, read_timeout_s, cfg.connect_timeout_ms / 1000)
     if cfg.cluster or is_cluster_url(url):
-        return _cluster(url, cfg.max_connections, cfg.timeout_ms / 1000, cfg.connect_timeout_ms / 1000)
+        return _cluster(url, cfg.max_connections, read_timeout_s, cfg.connect_timeout_ms / 1000)
     pool = aioredis.ConnectionPool.from_url(
         url,
         max_connections=cfg.max_connections,
-        socket_timeout=cfg.timeout_ms / 1000,
+        socket_timeout=read_timeout_s,
         socket_connect_timeout=cfg.connect_timeout_ms / 1000,
         health_check_interval=30,
         # No retries: a failure opens the breaker instead; retrying only multiplies timeouts.
@@ -216,8 +219,17 @@ def _opens_breaker(exc: BaseException, timeouts_in_a_row: int, threshold: int) -
 class RedisGate:
     """Runs Redis calls; remembers failure for a moment so the next calls fail fast."""
 
-    def __init__(self, client: aioredis.Redis, retry_after_ms: int, breaker_failures: int = 3) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        retry_after_ms: int,
+        breaker_failures: int = 3,
+        timeout_s: float | None = None,
+    ) -> None:
+        """`timeout_s` bounds each call as a whole (the server's gate: `redis.timeout_ms`);
+        None leaves the bounds to the client's own socket timeouts (the CLI's)."""
         self.client = client
+        self._timeout = timeout_s
         self._retry_after = retry_after_ms / 1000
         self._threshold = breaker_failures
         self._timeouts_in_a_row = 0
@@ -225,15 +237,18 @@ class RedisGate:
         self._down_since: float | None = None
 
     async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]], timeout_s: float | None = None) -> T:
-        """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer)."""
+        """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer).
+        A call cut off by the ceiling is cancelled inside redis-py, which then drops that
+        connection (a reply may still be on its way)."""
         if self._down_since is not None and time.monotonic() < self._down_until:
             raise StoreUnavailable("Redis is unavailable (circuit open)")
+        limit = self._timeout if timeout_s is None else timeout_s
         try:
-            if timeout_s is None:
-                # Bounded already: connect, pool wait and every read have their own timeouts.
+            if limit is None:
+                # The CLI's client: connect, pool wait and every read have their own timeouts.
                 result = await call(self.client)
             else:
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(limit):
                     result = await call(self.client)
         except FAILURES as exc:
             if _opens_breaker(exc, self._timeouts_in_a_row + 1, self._threshold):
