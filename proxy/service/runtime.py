@@ -26,6 +26,7 @@ from proxy.store.cache import CacheStore
 from proxy.store.connection import RedisGate, blocking_client, connect
 from proxy.store.flight import SingleFlight
 from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
+from proxy.store.lane import PipelinedConnection
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue
 from proxy.upstream.selector import Upstreams
@@ -66,6 +67,9 @@ class Runtime:
             config.redis.retry_after_ms,
             config.redis.breaker_failures,
             timeout_s=config.redis.timeout_ms / 1000,
+            lane=PipelinedConnection.for_url(
+                redis_url, config.redis.connect_timeout_ms / 1000, config.redis.timeout_ms / 1000
+            ),
         )
         l1 = None
         if config.cache.l1.enabled:

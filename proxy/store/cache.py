@@ -152,19 +152,12 @@ class CacheStore:
         """At most one round trip (none on an L1 hit). Raises StoreUnavailable when Redis fails."""
         l1 = self._l1
         if l1 is None:
-            raw = await self._gate.run(lambda r: r.get(key))
+            raw = await self._gate.command("GET", key)
             # The client is created without decode_responses, so values are bytes.
             return decode_entry(raw) if isinstance(raw, bytes) else None
         entry: Entry | None = l1.get(key)
         if entry is None:
-
-            async def get_with_ttl(r: Any) -> list[Any]:
-                pipe = r.pipeline(transaction=False)
-                pipe.get(key)
-                pipe.pttl(key)
-                return list(await pipe.execute())
-
-            raw, pttl = await self._gate.run(get_with_ttl)
+            raw, pttl = await self._gate.commands([("GET", key), ("PTTL", key)])
             if not isinstance(raw, bytes):
                 return None
             entry = decode_entry(raw)
@@ -199,7 +192,7 @@ class CacheStore:
         if release is not None:
             keys += release[0]
             args += release[1]
-        done = await self._gate.run(lambda r: self._store(keys=keys, args=args, client=r))
+        done = await self._gate.script(self._store, keys, args)
         return "stored" if done == 1 else "pinned"
 
     async def get_items(self, keys: list[str]) -> list[bytes | None]:

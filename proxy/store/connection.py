@@ -23,11 +23,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.config import RedisConfig
 from proxy.errors import StoreUnavailable
+from proxy.store.lane import Command, PipelinedConnection
 
 log = logging.getLogger("llmcp.redis")
 T = TypeVar("T")
@@ -225,11 +226,14 @@ class RedisGate:
         retry_after_ms: int,
         breaker_failures: int = 3,
         timeout_s: float | None = None,
+        lane: PipelinedConnection | None = None,
     ) -> None:
         """`timeout_s` bounds each call as a whole (the server's gate: `redis.timeout_ms`);
-        None leaves the bounds to the client's own socket timeouts (the CLI's)."""
+        None leaves the bounds to the client's own socket timeouts (the CLI's). `lane`, when
+        given, carries `command`, `commands` and `script` (the hot path's calls)."""
         self.client = client
         self._timeout = timeout_s
+        self._lane = lane
         self._retry_after = retry_after_ms / 1000
         self._threshold = breaker_failures
         self._timeouts_in_a_row = 0
@@ -267,6 +271,43 @@ class RedisGate:
             self._down_since = None
         return result
 
+    async def command(self, *command: Any) -> Any:
+        """One command, on the pipelined lane when there is one (`run`'s guarantees)."""
+        lane = self._lane
+        if lane is None:
+            return await self.run(lambda r: r.execute_command(*command))
+        return await self.run(lambda _: lane.execute(*command))
+
+    async def commands(self, commands: list[Command]) -> list[Any]:
+        """Several commands in one round trip (not a transaction), their replies in order."""
+        lane = self._lane
+        if lane is not None:
+            return await self.run(lambda _: lane.execute_many(commands))
+
+        async def pipelined(r: aioredis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+
+        return await self.run(pipelined)
+
+    async def script(self, lua: Any, keys: list[str], args: list[Any]) -> Any:
+        """A registered script (`script()`) by EVALSHA, loaded first if Redis lost it."""
+        lane = self._lane
+        if lane is None:
+            return await self.run(lambda r: lua(keys=keys, args=args, client=r))
+
+        async def evalsha(r: aioredis.Redis) -> Any:
+            command = ("EVALSHA", lua.sha, len(keys), *keys, *args)
+            try:
+                return await lane.execute(*command)
+            except NoScriptError:
+                await r.script_load(lua.script)
+                return await lane.execute(*command)
+
+        return await self.run(evalsha)
+
     def _failed(self, exc: BaseException) -> None:
         self._timeouts_in_a_row = 0
         now = time.monotonic()
@@ -281,7 +322,9 @@ class RedisGate:
         self._down_until = now + self._retry_after
 
     async def aclose(self) -> None:
-        """Close the client and its pool (shutdown)."""
+        """Close the client, its pool and the lane (shutdown)."""
+        if self._lane is not None:
+            await self._lane.aclose()
         await self.client.aclose()
 
     async def ping(self) -> bool:

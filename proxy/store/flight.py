@@ -97,9 +97,7 @@ class SingleFlight:
         lock = flight_lock(self._prefix, namespace, digest)
         token = f"{secrets.token_hex(8)}:{'s' if streaming else 'n'}"
         keys = [lock] if entry_key is None else [lock, entry_key]
-        won, holder = await self._gate.run(
-            lambda r: self._acquire(keys=keys, args=[token, self._lock_ms], client=r)
-        )
+        won, holder = await self._gate.script(self._acquire, keys, [token, self._lock_ms])
         if won == 2:
             return Flight(lock, "", False, False, cached=holder if isinstance(holder, bytes) else None)
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
@@ -168,7 +166,7 @@ class SingleFlight:
         keys = [flight.lock, flight.chunks_key]
         args: list[Any] = [flight.token, flight.channel, outcome, _STREAM_LINGER_MS]
         with contextlib.suppress(StoreUnavailable):
-            await self._gate.run(lambda r: self._release(keys=keys, args=args, client=r))
+            await self._gate.script(self._release, keys, args)
 
     async def wait(self, flight: Flight, timeout_s: float) -> str:
         """Wait for the leader: "done", "failed", or "gone" (timed out, or its lock vanished)."""

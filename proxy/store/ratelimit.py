@@ -152,7 +152,7 @@ class RateLimiter:
             args += [budget.limit, amount, budget.expire_at_ms, rid]
         keys = [b.key for b in buckets] + [b.key for b in budgets]
         try:
-            reply = await self._gate.run(lambda r: self._acquire(keys=keys, args=args, client=r))
+            reply = await self._gate.script(self._acquire, keys, args)
         except StoreUnavailable as exc:
             if rid:  # the script may have run before the reply was lost: release, once at most
                 self._settle_soon((), [], BudgetSettlement(budgets, rid, -amount, 0))
@@ -337,7 +337,7 @@ class RateLimiter:
                     settlement.actual,
                 ]
         keys = [b.key for b in buckets] + [b.key for b in budgets]
-        reply = await self._gate.run(lambda r: self._adjust(keys=keys, args=args, client=r))
+        reply = await self._gate.script(self._adjust, keys, args)
         n = len(buckets)
         spent = [int(v) for v in reply[n::2]]
         self._note_budgets(budgets, spent, [int(v) for v in reply[n + 1 :: 2]])

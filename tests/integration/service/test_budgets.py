@@ -499,6 +499,9 @@ class FlakyGate:
             raise StoreUnavailable("reply lost")
         return result
 
+    async def script(self, lua: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self.run(lambda r: lua(keys=keys, args=args, client=r))
+
 
 async def test_a_reservation_whose_reply_was_lost_is_released(
     make_client: Any, redis_sync: redis.Redis, key_prefix: str
