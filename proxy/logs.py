@@ -32,6 +32,9 @@ import orjson
 _FIELDS = ("request_id", "tenant", "model", "cache", "status", "latency_ms", "tokens", "error", "path")
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -55,6 +58,41 @@ _FROZEN = frozenset({str, int, float, bool, type(None), bytes})
 _FLUSH = "llmcp.log-writer.flush"  # a marker record: the writer sets its event once it is here
 
 
+class Line:
+    """An INFO line queued without a `logging.LogRecord` (the access line: making a record
+    and formatting it through `logging.Formatter` was a tenth of a cache hit). The writer
+    renders it exactly as the handler's formatter would render the record; with a formatter
+    it does not know, it makes that record on the writer thread."""
+
+    __slots__ = ("args", "created", "fields", "message", "name")
+
+    def __init__(
+        self, name: str, created: float, message: str, args: tuple[object, ...], fields: dict[str, object]
+    ) -> None:
+        self.name, self.created, self.message, self.args, self.fields = name, created, message, args, fields
+
+    def record(self) -> logging.LogRecord:
+        record = logging.LogRecord(self.name, logging.INFO, "", 0, self.message, self.args, None)
+        record.created = self.created
+        record.msecs = int((self.created - int(self.created)) * 1000) + 0.0
+        record.__dict__.update(self.fields)
+        return record
+
+
+class _Clock:
+    """A second's timestamp prefix, made once per second (the writer thread's only)."""
+
+    def __init__(self, fmt: str, convert: Any) -> None:
+        self._fmt, self._convert = fmt, convert
+        self._second, self._text = -1, ""
+
+    def prefix(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self._fmt, self._convert(second))
+        return self._text
+
+
 class OffLoopHandler(logging.Handler):
     """Hands records to a writer thread: `emit` is a queue put, formatting and the write
     happen on the thread, a batch at a time (what piled up while it wrote the last one).
@@ -66,13 +104,17 @@ class OffLoopHandler(logging.Handler):
         # names (system calls, on every request here); no format of ours shows them.
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         self._stream = stream if stream is not None else sys.stderr
-        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[logging.LogRecord | Line | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="llmcp-log-writer", daemon=True)
         self._thread.start()
         # Written out at exit: atexit in the main process; multiprocessing's finalizers in a
         # worker process (uvicorn's workers end with os._exit, which skips atexit).
         atexit.register(self.close)
         multiprocessing.util.Finalize(self, self.close, exitpriority=-100)
+
+    def line(self, line: Line) -> None:
+        """Queue a `Line` (callers check the logger's level, filters and handlers first)."""
+        self._queue.put(line)
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: the queue is thread-safe, and the writer is the only one writing.
@@ -90,6 +132,7 @@ class OffLoopHandler(logging.Handler):
 
     def _write(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
+        render, rendered_for = self._renderer(), self.formatter
         while True:
             batch = [get()]
             while True:
@@ -99,8 +142,16 @@ class OffLoopHandler(logging.Handler):
                     break
             lines: list[str] = []
             flushed: list[threading.Event] = []
+            if self.formatter is not rendered_for:  # dictConfig sets it after __init__
+                render, rendered_for = self._renderer(), self.formatter
             for record in batch:
                 if record is None:
+                    continue
+                if isinstance(record, Line):
+                    try:
+                        lines.append(render(record))
+                    except Exception:
+                        self.handleError(record.record())
                     continue
                 if record.name == _FLUSH:
                     flushed.append(record.msg)  # type: ignore[arg-type]
@@ -119,6 +170,44 @@ class OffLoopHandler(logging.Handler):
                 done.set()
             if None in batch:
                 return
+
+    def _renderer(self) -> Any:
+        """How the writer renders a `Line`: as the formatter set when it started would render
+        its record, without making one for the two formatters `log_config` sets."""
+        formatter = self.formatter
+        if type(formatter) is JsonFormatter:
+            clock = _Clock("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
+            def json_line(line: Line) -> str:
+                created = line.created
+                out: dict[str, Any] = {
+                    "ts": f"{clock.prefix(created)}.{int((created - int(created)) * 1000):03d}Z",
+                    "level": "info",
+                    "logger": line.name,
+                    "message": line.message % line.args,
+                }
+                fields = line.fields
+                for name in _FIELDS:
+                    if name in fields:
+                        out[name] = fields[name]
+                return orjson.dumps(out).decode()
+
+            return json_line
+        if (
+            type(formatter) is logging.Formatter
+            and formatter._fmt == TEXT_FORMAT
+            and formatter.datefmt is None
+            and formatter.converter is time.localtime
+        ):
+            clock = _Clock("%Y-%m-%d %H:%M:%S", time.localtime)
+
+            def text_line(line: Line) -> str:
+                created = line.created
+                msecs = int((created - int(created)) * 1000)
+                return f"{clock.prefix(created)},{msecs:03d} INFO {line.name}: {line.message % line.args}"
+
+            return text_line
+        return lambda line: self.format(line.record())
 
     def flush(self) -> None:
         """Wait until what is queued now has been written (tests, shutdown)."""
@@ -148,9 +237,7 @@ def log_config(level: str, fmt: str, access_log: bool = True) -> dict[str, Any]:
     processes: only what uvicorn applies from log_config reaches them)."""
     level = level.upper()
     formatter: dict[str, Any] = (
-        {"()": "proxy.logs.JsonFormatter"}
-        if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        {"()": "proxy.logs.JsonFormatter"} if fmt == "json" else {"format": TEXT_FORMAT}
     )
     return {
         "version": 1,

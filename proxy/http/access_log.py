@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from proxy.logs import Line, OffLoopHandler
 from proxy.stats.schema import RequestRecord
 
 access = logging.getLogger("llmcp.access")
@@ -65,8 +66,30 @@ def logged_send(send: Any, method: str, path: str) -> Any:
 
 def _write(message: str, args: tuple[object, ...], fields: dict[str, object]) -> None:
     """`access.info(message, *args, extra=fields)` without its search for the calling
-    source line (walking the stack was a fifth of an in-process hit; no format shows it)."""
-    access.handle(_record(message, args, fields))
+    source line (walking the stack was a fifth of an in-process hit; no format shows it),
+    and, when the line goes only to the writer thread of `log_config`, without a record."""
+    handler = _only_handler()
+    if handler is not None:
+        handler.line(Line(access.name, time.time(), message, args, fields))
+    else:
+        access.handle(_record(message, args, fields))
+
+
+def _only_handler() -> OffLoopHandler | None:
+    """The access logger's one handler when it is the writer thread and nothing else sees
+    the record (no filter, no propagation, no record factory): as `log_config` sets it."""
+    handlers = access.handlers
+    if len(handlers) != 1 or access.propagate or access.filters:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not OffLoopHandler
+        or handler.filters
+        or handler.level > logging.INFO
+        or logging.getLogRecordFactory() is not logging.LogRecord
+    ):
+        return None
+    return handler
 
 
 _LOGGING_STARTED: float = vars(logging)["_startTime"]  # what relativeCreated counts from

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from proxy.http.access_log import log_request
-from proxy.logs import JsonFormatter, OffLoopHandler, log_config
+from proxy.logs import JsonFormatter, Line, OffLoopHandler, log_config
 from proxy.stats.schema import RequestRecord
 
 
@@ -171,3 +171,69 @@ def test_the_access_record_is_the_one_make_record_makes() -> None:
     # Counted from the same start as makeRecord's:
     assert fast.relativeCreated == pytest.approx(made.relativeCreated + (fast.created - made.created) * 1000)
     assert fast.getMessage() == "r1 200"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_an_access_line_reads_as_its_record_would(fmt: str) -> None:
+    """The access line skips the LogRecord (`proxy.logs.Line`); what the writer renders is
+    exactly what the configured formatter makes of the record it stands for."""
+    import logging.config
+
+    config = log_config("info", fmt)
+    logging.config.dictConfig(config)
+    access = logging.getLogger("llmcp.access")
+    [handler] = access.handlers
+    assert isinstance(handler, OffLoopHandler)
+    stream = io.StringIO()
+    handler._stream = stream
+    try:
+        record = RequestRecord(tenant="acme", model="gpt", cache="HIT", prompt_tokens=3, reason="x")
+        for second in range(3):  # the timestamp prefix is made once per second
+            log_request(record, f"req-{second}", "/v1/chat/completions", 200)
+        handler.flush()
+        written = stream.getvalue().splitlines()
+        assert len(written) == 3
+        for line in written:
+            fields = {"request_id": "req-0", "tenant": "acme", "model": "gpt", "cache": "HIT"}
+            fields.update(status=200, latency_ms=0.0, tokens=3, error="x", path="/v1/chat/completions")
+            if fmt == "json":
+                got = orjson.loads(line)
+                fields["request_id"] = got["request_id"]
+                fields["latency_ms"] = got["latency_ms"]
+                message = f"{got['request_id']} acme gpt HIT 200 {got['latency_ms']:.1f}ms error=x"
+                expected = orjson.loads(
+                    JsonFormatter().format(
+                        Line("llmcp.access", time_of(got["ts"]), message, (), fields).record()
+                    )
+                )
+                assert got == expected
+            else:
+                stamp, level_name, rest = line[:23], line[24:], line
+                assert level_name.startswith("INFO llmcp.access: req-")
+                assert rest.endswith("ms error=x")
+                parsed = logging.Formatter(config["formatters"]["main"]["format"])
+                created = time_of_text(stamp)
+                record_line = parsed.format(
+                    Line("llmcp.access", created, "%s", (line.split(": ", 1)[1],), {}).record()
+                )
+                assert record_line == line
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        access.handlers.clear()
+        access.propagate = True
+        handler.close()
+
+
+def time_of(ts: str) -> float:
+    import calendar
+    import time
+
+    whole, millis = ts.rstrip("Z").split(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(millis) / 1000 + 0.0001
+
+
+def time_of_text(stamp: str) -> float:
+    import time
+
+    whole, millis = stamp.split(",")
+    return time.mktime(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000 + 0.0001
