@@ -45,6 +45,12 @@ log = logging.getLogger("llmcp.stats")
 _MAX_PENDING_FIELDS = 200_000  # while Redis is down, older sums are dropped past this
 # (tenant, unix minute, model, metric): one pending hash field of one minute
 _Item = tuple[str, int, str, AnyMetric]
+# An event as made (a budget alert), or a request's record, time and latency (made at the flush)
+_Event = dict[str, str] | tuple[RequestRecord, float, float]
+
+
+def _made(event: _Event) -> dict[str, str]:
+    return event if isinstance(event, dict) else event_fields(*event)
 
 
 class StatsRecorder:
@@ -56,8 +62,10 @@ class StatsRecorder:
         self._per_flush = config.stats.events_per_flush
         self._counts: defaultdict[_Item, int] = defaultdict(int)
         # Newest events since the last flush: hits apart, so they cannot push out the rest.
-        self._events: deque[dict[str, str]] = deque(maxlen=self._per_flush)
-        self._hit_events: deque[dict[str, str]] = deque(maxlen=self._per_flush)
+        # A request's event is kept as its record and made at the flush (most hit events
+        # are pushed out unread by newer ones).
+        self._events: deque[_Event] = deque(maxlen=self._per_flush)
+        self._hit_events: deque[_Event] = deque(maxlen=self._per_flush)
         self._hits_seen = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -93,7 +101,7 @@ class StatsRecorder:
         if rec.limiter_error:
             counts[(tenant, minute, model, Metric.LIMITER_ERRORS)] += 1
         if self._events_max:
-            event = event_fields(rec, now, latency_ms)
+            event = (rec, now, latency_ms)
             if outcome is CacheOutcome.HIT or outcome is CacheOutcome.COALESCED:
                 self._hits_seen += 1
                 self._hit_events.append(event)
@@ -119,7 +127,8 @@ class StatsRecorder:
         if self._hits_seen > len(hits):
             skipped = (PROXY_TENANT, int(time.time() // 60), NO_MODEL, Metric.EVENTS_SKIPPED)
             counts[skipped] += self._hits_seen - len(hits)
-        events = sorted(events + hits, key=lambda e: e["ts"])
+        made = [_made(e) for e in events + hits]
+        made.sort(key=lambda e: e["ts"])
         self._events.clear()
         self._hit_events.clear()
         self._hits_seen = 0
@@ -127,7 +136,7 @@ class StatsRecorder:
             (tenant, minute, field(model, metric)): n for (tenant, minute, model, metric), n in counts.items()
         }
         try:
-            await self._store.add(sums, events, self._events_max, self._events_ttl)
+            await self._store.add(sums, made, self._events_max, self._events_ttl)
         except StoreUnavailable:
             for item, n in counts.items():
                 self._counts[item] += n
