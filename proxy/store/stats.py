@@ -70,26 +70,24 @@ class StatsStore:
         time bucket and the stream get their TTL. Raises StoreUnavailable (nothing is
         known to be written then: the caller keeps its sums)."""
 
-        async def write(r: Any) -> None:
-            pipe = r.pipeline(transaction=False)
-            expire: dict[str, int] = {}
-            for (tenant, minute, fld), n in sums.items():
-                seconds = minute * 60
-                for span, length in SPAN_SECONDS.items():
-                    key = self.key(Bucket(tenant, span, seconds // length))
-                    pipe.hincrby(key, fld, n)
-                    expire[key] = SPAN_TTL[span]
-                pipe.hincrby(self.key(Bucket(tenant)), fld, n)
-            for key, ttl in expire.items():
-                pipe.expire(key, ttl)
-            if events:
-                stream = events_key(self._prefix)
-                for event in events:
-                    pipe.xadd(stream, dict(event), maxlen=events_max, approximate=True)
-                pipe.expire(stream, events_ttl_s)
-            await pipe.execute()
-
-        await self._gate.run(write)
+        commands: list[tuple[Any, ...]] = []
+        expire: dict[str, int] = {}
+        for (tenant, minute, fld), n in sums.items():
+            seconds = minute * 60
+            for span, length in SPAN_SECONDS.items():
+                key = self.key(Bucket(tenant, span, seconds // length))
+                commands.append(("HINCRBY", key, fld, n))
+                expire[key] = SPAN_TTL[span]
+            commands.append(("HINCRBY", self.key(Bucket(tenant)), fld, n))
+        commands += [("EXPIRE", key, ttl) for key, ttl in expire.items()]
+        if events:
+            stream = events_key(self._prefix)
+            for event in events:
+                fields = [part for pair in event.items() for part in pair]
+                commands.append(("XADD", stream, "MAXLEN", "~", events_max, "*", *fields))
+            commands.append(("EXPIRE", stream, events_ttl_s))
+        if commands:
+            await self._gate.commands(commands)  # one round trip (the pipelined lane)
 
     async def read(self, buckets: Sequence[Bucket]) -> list[dict[str, int]]:
         """The hashes (field -> value), in the order asked, in one pipeline."""
