@@ -9,10 +9,12 @@ about 30 us per GET at 32 concurrent requests. Only for a plain `redis://` or `u
 server; TLS, Sentinel and Cluster keep redis-py (`PipelinedConnection.for_url` is None).
 
 Bounds: each call is bounded by the `RedisGate` around it (its `asyncio.timeout`). A call
-cut off leaves its reply to be read and dropped; when nothing at all has come back for a
-whole timeout while replies are owed, the connection is stalled: it is dropped, every
+cut off leaves its reply to be read and dropped. When a call is cut off after nothing at
+all came back for a whole timeout while replies are owed, the connection is watched for
+one more timeout: if still no reply has come by then, it is stalled and dropped, every
 owed call fails as a timeout (so the breaker counts them as such) and the next call
-connects again.
+connects again. (Not at once: on a starved event loop, uvloop runs due timers before it
+reads the socket, so replies already there would look missing.)
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Protocol(asyncio.Protocol):
         self.owed: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.progress = 0.0  # loop time of the last reply, or of the first owed command
+        self.replies = 0  # replies read so far
         # Commands written in one go at the end of the loop's turn: one send for every
         # request that asked in it (a send per command was a quarter of a cache hit).
         self.outbox: list[bytes] = []
@@ -88,6 +91,7 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
         if got:
             self.progress = asyncio.get_running_loop().time()
+            self.replies += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lane._drop(self, RedisConnectionError(f"Connection to Redis lost: {exc or 'closed'}"))
@@ -158,9 +162,9 @@ class PipelinedConnection:
                     future.cancel()
                 elif not future.cancelled():
                     future.exception()
-            stalled = protocol.owed and loop.time() - protocol.progress >= self._stall
-            if isinstance(exc, asyncio.CancelledError) and stalled:
-                self._drop(protocol, RedisTimeoutError("Redis did not answer in time."), abort=True)
+            quiet = protocol.owed and loop.time() - protocol.progress >= self._stall
+            if isinstance(exc, asyncio.CancelledError) and quiet:
+                loop.call_later(self._stall, self._drop_if_stalled, protocol, protocol.replies)
             raise
         for reply in replies:
             if isinstance(reply, ResponseError):
@@ -202,6 +206,11 @@ class PipelinedConnection:
                     self._drop(protocol, refused, abort=True)
                     raise refused from None
             return protocol
+
+    def _drop_if_stalled(self, protocol: _Protocol, replies: int) -> None:
+        """Drop the connection if it still owes replies and none came since `replies`."""
+        if self._protocol is protocol and protocol.owed and protocol.replies == replies:
+            self._drop(protocol, RedisTimeoutError("Redis did not answer in time."), abort=True)
 
     def _drop(self, protocol: _Protocol, error: Exception, abort: bool = False) -> None:
         """Forget a connection and fail every call still owed a reply on it."""
