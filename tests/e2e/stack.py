@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,10 +152,40 @@ def start_stack(
     try:
         wait_for_http(f"{stack.upstream}/_fake/stats")
         wait_for_http(f"http://127.0.0.1:{stack.proxy_port}/readyz")
+        settle(stack.procs[-1].pid)
     except BaseException:
         stop(*stack.procs)
         raise
     return stack
+
+
+def settle(session: int, timeout: float = 60.0) -> None:
+    """Wait until the server's processes (its session: supervisor and workers) are idle.
+    Ready is not settled: each worker imports litellm in the background after /readyz
+    (seconds of CPU), and a test that times its first requests (a client timeout, a wait for
+    the first chunk) must not pay for that import, least of all beside other tests' servers.
+    Never fails: after `timeout` the test goes on as it would have."""
+    deadline = time.monotonic() + timeout
+    last = _cpu_seconds(session)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = _cpu_seconds(session)
+        if now - last < 0.03:  # under a tenth of a core over the interval: idle
+            return
+        last = now
+
+
+def _cpu_seconds(session: int) -> float:
+    """CPU time (user + system) of the live processes of `session`."""
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 of stat, the session id
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop_stack(stack: Stack, redis_sync: redis.Redis) -> None:
