@@ -23,10 +23,9 @@ from proxy.service.tracing import Tracing
 from proxy.stats.recorder import StatsRecorder
 from proxy.stats.report import StatsReport
 from proxy.store.cache import CacheStore
-from proxy.store.connection import RedisGate, blocking_client, connect
+from proxy.store.connection import RedisGate, blocking_client, connect, lane_for
 from proxy.store.flight import SingleFlight
 from proxy.store.l1 import L1Cache, L1Subscriber, l1_channel
-from proxy.store.lane import PipelinedConnection
 from proxy.store.ratelimit import RateLimiter
 from proxy.store.review import ReviewQueue
 from proxy.upstream.selector import Upstreams
@@ -67,9 +66,7 @@ class Runtime:
             config.redis.retry_after_ms,
             config.redis.breaker_failures,
             timeout_s=config.redis.timeout_ms / 1000,
-            lane=PipelinedConnection.for_url(
-                redis_url, config.redis.connect_timeout_ms / 1000, config.redis.timeout_ms / 1000
-            ),
+            lane=lane_for(redis_url, config.redis),
         )
         l1 = None
         if config.cache.l1.enabled:

@@ -91,6 +91,15 @@ def connect(url: str, cfg: RedisConfig, per_read_timeout: bool = False) -> aiore
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+def lane_for(url: str, cfg: RedisConfig) -> PipelinedConnection | None:
+    """The pipelined lane beside `connect`'s client, for a plain single server only: with
+    `redis.cluster` (even on a one-node url), Sentinel or several nodes, keys live where
+    redis-py's routing finds them, so every call stays on the client."""
+    if cfg.cluster or is_cluster_url(url) or is_sentinel_url(url):
+        return None
+    return PipelinedConnection.for_url(url, cfg.connect_timeout_ms / 1000, cfg.timeout_ms / 1000)
+
+
 def _cluster(url: str, max_connections: int, timeout_s: float | None, connect_s: float) -> Any:
     nodes = []
     for part in url.split(","):

@@ -80,18 +80,17 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader, owed = self._reader, self.owed
         reader.feed(data)
-        got = False
+        replies = self.replies
         while (reply := reader.gets()) is not False:
-            got = True
+            self.replies += 1
             if not owed:  # a reply nobody asked for: the stream is out of step
                 self._lane._drop(self, RedisConnectionError("Redis sent a reply nobody asked for."))
                 return
             future = owed.popleft()
             if not future.done():  # a caller cut off by its timeout: the reply is dropped
                 future.set_result(reply)
-        if got:
+        if self.replies != replies:
             self.progress = asyncio.get_running_loop().time()
-            self.replies += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lane._drop(self, RedisConnectionError(f"Connection to Redis lost: {exc or 'closed'}"))
@@ -127,16 +126,14 @@ class PipelinedConnection:
         query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
+        if set(query) - {"db"}:
+            return None  # options this lane does not know: redis-py's connection
         if parts.scheme == "redis":
-            if set(query) - {"db"}:
-                return None  # options this lane does not know: redis-py's connection
             path_db = parts.path.strip("/")
             db = int(query.get("db") or path_db or 0)
             host = parts.hostname or "localhost"
             return cls(host, parts.port or 6379, None, db, username, password, connect_timeout_s, stall_s)
         if parts.scheme == "unix":
-            if set(query) - {"db"}:
-                return None
             db = int(query.get("db") or 0)
             return cls(None, 0, parts.path, db, username, password, connect_timeout_s, stall_s)
         return None

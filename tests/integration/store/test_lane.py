@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from proxy.config import RedisConfig
 from proxy.errors import StoreUnavailable
 from proxy.store.connection import RedisGate, connect, script
+from proxy.store.connection import lane_for as server_lane
 from proxy.store.lane import PipelinedConnection, pack
 from tests.servers import RedisProcess
 
@@ -51,6 +52,9 @@ def test_only_plain_servers_get_a_lane() -> None:
     assert PipelinedConnection.for_url("redis://a:1,b:2", 1, 1) is None
     assert PipelinedConnection.for_url("redis+sentinel://s:26379/mymaster", 1, 1) is None
     assert PipelinedConnection.for_url("redis://h:6379/0?ssl_cert_reqs=none", 1, 1) is None
+    # `redis.cluster: true` on a one-node url: the cluster client routes, never the lane.
+    assert server_lane("redis://127.0.0.1:7000/0", RedisConfig(cluster=True)) is None
+    assert server_lane("redis://127.0.0.1:6379/0", RedisConfig()) is not None
 
 
 def test_arguments_are_encoded_as_redis_py_encodes_them() -> None:
