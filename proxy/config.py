@@ -143,7 +143,7 @@ class UpstreamConfig(_Strict):
     def _removed_keys(cls, data: Any) -> Any:
         if isinstance(data, dict) and "http_client" in data:
             raise ValueError(
-                "http_client was removed (upstream calls always use the pooled aiohttp client); "
+                "http_client was removed (direct upstream calls always use the proxy's pooled HTTP client); "
                 "delete the line"
             )
         return data

@@ -15,8 +15,8 @@ from proxy.config import Config
 from proxy.errors import StoreUnavailable
 from proxy.store.connection import RedisGate
 from proxy.store.diagnostics import eviction_verdict, redis_facts, version_verdict
+from proxy.upstream.http1 import Http1Transport
 from proxy.upstream.probe import Check, Getter, probe_model
-from proxy.upstream.transport import AiohttpTransport
 
 
 async def run_checks(
@@ -53,7 +53,7 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
     where = _safe_url(url) if url else f"embedded ({config.redis.state_dir})"
 
     async def work(gate: RedisGate) -> list[Check]:
-        http = AiohttpTransport()
+        http = Http1Transport()
         try:
             return await run_checks(config, gate, where, http, os.environ, args.timeout)
         finally:

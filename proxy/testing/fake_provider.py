@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=1,
-        # Keep idle connections longer than the clients' pools do (aiohttp: 15 s), as hosted
+        # Keep idle connections longer than the clients' pools do (the proxy's: 30 s), as hosted
         # providers do: uvicorn's 5 s default closed pooled connections just as litellm
         # reused them ("Connection error" in end-to-end tests under load).
         timeout_keep_alive=120,

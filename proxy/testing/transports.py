@@ -1,5 +1,5 @@
 """The direct upstream's transport over httpx, for tests: respx (or an
-`httpx.MockTransport` client passed in) intercepts it, where it cannot see the aiohttp
+`httpx.MockTransport` client passed in) intercepts it, where it cannot see the HTTP/1.1
 transport the server uses. Injected with `Upstreams(..., transport=HttpxTransport())`,
 the pattern of httpx's own `MockTransport`: the fake is chosen by the caller, never by a
 config switch."""

@@ -1,6 +1,7 @@
 """The one boundary where failures of the layer below become ProxyErrors.
 
-litellm's exceptions, the direct path's aiohttp/httpx errors and its non-200 answers all come
+litellm's exceptions (and the aiohttp/httpx errors under them), the direct path's own errors
+(`proxy.upstream.http1`: ConnectionError, TimeoutError, MalformedAnswer) and its non-200 answers come
 here, so one failure reads the same on both paths. Rows are tried in order, most specific first.
 A library's rows exist once it is loaded (none of its exceptions can exist before), so this
 module imports none of them, least of all litellm (seconds to import).

@@ -4,7 +4,7 @@ and every OpenAI-compatible server, Anthropic), never with a paid call. The demo
 fine without a network; a model with no key where one is needed is the warning
 `check-config` gives; a provider with no models endpoint known here is not asked.
 
-The HTTP client is injected (`Getter`: the server's aiohttp transport, or the tests'
+The HTTP client is injected (`Getter`: the server's HTTP/1.1 transport, or the tests'
 httpx one that respx sees), like the direct upstream's.
 """
 

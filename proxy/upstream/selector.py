@@ -14,13 +14,14 @@ from proxy.upstream.base import Upstream
 from proxy.upstream.credentials import MissingKey, missing_key
 from proxy.upstream.demo import DemoUpstream
 from proxy.upstream.direct import DirectUpstream
+from proxy.upstream.http1 import Http1Transport
 from proxy.upstream.litellm_upstream import LiteLLMUpstream
-from proxy.upstream.transport import AiohttpTransport, HttpTransport
+from proxy.upstream.transport import HttpTransport
 
 
 class Upstreams:
     """Demo models in-process, OpenAI-compatible servers directly (`route: auto | direct`),
-    the rest through litellm. `transport` carries the direct calls (aiohttp by default;
+    the rest through litellm. `transport` carries the direct calls (`Http1Transport` by default;
     tests inject one their HTTP mock can see). A model whose provider needs an API key the
     proxy lacks is answered by `Unconfigured` (503 naming the variable to set); `environ` is
     where keys are looked for (the process's environment unless a test passes its own)."""
@@ -34,7 +35,7 @@ class Upstreams:
     ) -> None:
         self._litellm = LiteLLMUpstream(default_timeout_s)
         self._demo: Upstream = demo or DemoUpstream()
-        self._direct = DirectUpstream(default_timeout_s, transport or AiohttpTransport())
+        self._direct = DirectUpstream(default_timeout_s, transport or Http1Transport())
         self._environ = os.environ if environ is None else environ
 
     def for_model(self, model: ModelConfig, api: Adapter) -> Upstream:

@@ -1,6 +1,6 @@
 """`llm-cache-proxy doctor`: one line per check, against a real Redis (the suite's, and
 private redis-servers with other eviction policies) and the real fake provider over HTTP
-(the server's own aiohttp transport), respx where a provider is not at hand (Anthropic)."""
+(the server's own HTTP/1.1 transport), respx where a provider is not at hand (Anthropic)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from proxy.config import Config, RedisConfig
 from proxy.store.connection import RedisGate, connect
 from proxy.store.diagnostics import eviction_verdict
 from proxy.testing.transports import HttpxTransport
-from proxy.upstream.transport import AiohttpTransport
+from proxy.upstream.http1 import Http1Transport
 from tests.conftest import TENANT_KEYS, build_config, provider_mock
 from tests.servers import RedisProcess, fake_provider_process, free_port
 
@@ -75,7 +75,7 @@ async def test_each_provider_gets_one_line_that_says_what_to_fix(
         {"name": "keyless", "litellm_model": "openai/gpt-4o-mini"},
         {"name": "bedrock", "litellm_model": "bedrock/anthropic.claude-3", "api_key": "k"},
     ]
-    http = AiohttpTransport()
+    http = Http1Transport()
     try:
         checks = await run_checks(config_with(key_prefix, models), gate, "test", http, environ={})
     finally:
