@@ -95,8 +95,13 @@ class _Clock:
 
 class OffLoopHandler(logging.Handler):
     """Hands records to a writer thread: `emit` is a queue put, formatting and the write
-    happen on the thread, a batch at a time (what piled up while it wrote the last one).
-    Closed at exit after writing what is queued."""
+    happen on the thread, a batch at a time. Woken by a record, the writer lets `gather_s`
+    pass before it takes what piled up: woken for every line instead, it took the GIL from
+    the event loop and cost a thread switch per request (a tenth of a miss's CPU at 1,700
+    requests/s). Lines reach the stream at most `gather_s` late. Closed at exit after
+    writing what is queued."""
+
+    gather_s = 0.02
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
@@ -135,6 +140,9 @@ class OffLoopHandler(logging.Handler):
         render, rendered_for = self._renderer(), self.formatter
         while True:
             batch = [get()]
+            first = batch[0]
+            if first is not None and not (isinstance(first, logging.LogRecord) and first.name == _FLUSH):
+                time.sleep(self.gather_s)
             while True:
                 try:
                     batch.append(get_nowait())

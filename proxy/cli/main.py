@@ -34,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     import uvicorn
 
+    from proxy.http.server_protocol import JoinedWritesProtocol
+
     server = config.server
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
@@ -85,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=server.log_level,
             # One access line per request, ours (proxy/http/access_log.py): it has more.
             access_log=False,
+            http=JoinedWritesProtocol,  # one socket write per response
             log_config=logging_setup,
             timeout_graceful_shutdown=30,
             # A worker replaced by a rolling restart (SIGHUP) imports litellm before it is

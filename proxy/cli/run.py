@@ -119,6 +119,7 @@ async def _serve_around(
     import uvicorn
 
     from proxy.http.app import create_app
+    from proxy.http.server_protocol import JoinedWritesProtocol
 
     try:
         listener = socket.create_server(("127.0.0.1", port))
@@ -132,6 +133,7 @@ async def _serve_around(
             lifespan="on",
             log_config=None,  # ours, set by cmd_run
             access_log=False,
+            http=JoinedWritesProtocol,
             timeout_graceful_shutdown=30,
         )
     )

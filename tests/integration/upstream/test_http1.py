@@ -188,7 +188,7 @@ def test_what_cannot_be_read_is_an_error_never_text(loop: str) -> None:
 def test_an_answer_cut_short_fails_and_is_not_retried(loop: str) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
         await writer.drain()
         writer.transport.abort()
 
