@@ -253,16 +253,23 @@ class RedisGate:
         """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer).
         A call cut off by the ceiling is cancelled inside redis-py, which then drops that
         connection (a reply may still be on its way)."""
+        limit = self._timeout if timeout_s is None else timeout_s
+        if limit is None:
+            # The CLI's client: connect, pool wait and every read have their own timeouts.
+            return await self._guarded(lambda: call(self.client))
+        return await self._guarded(lambda: call(self.client), limit)
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
+        """`call` through the breaker: refused at once while it is open; a failure becomes
+        StoreUnavailable (and counts); `limit` bounds it (lane calls bound themselves)."""
         if self._down_since is not None and time.monotonic() < self._down_until:
             raise StoreUnavailable("Redis is unavailable (circuit open)")
-        limit = self._timeout if timeout_s is None else timeout_s
         try:
             if limit is None:
-                # The CLI's client: connect, pool wait and every read have their own timeouts.
-                result = await call(self.client)
+                result = await call()
             else:
                 async with asyncio.timeout(limit):
-                    result = await call(self.client)
+                    result = await call()
         except FAILURES as exc:
             if _opens_breaker(exc, self._timeouts_in_a_row + 1, self._threshold):
                 self._failed(exc)
@@ -285,13 +292,13 @@ class RedisGate:
         lane = self._lane
         if lane is None:
             return await self.run(lambda r: r.execute_command(*command))
-        return await self.run(lambda _: lane.execute(*command))
+        return await self._guarded(lambda: lane.execute(*command, timeout_s=self._timeout))
 
     async def commands(self, commands: list[Command]) -> list[Any]:
         """Several commands in one round trip (not a transaction), their replies in order."""
         lane = self._lane
         if lane is not None:
-            return await self.run(lambda _: lane.execute_many(commands))
+            return await self._guarded(lambda: lane.execute_many(commands, self._timeout))
 
         async def pipelined(r: aioredis.Redis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
@@ -307,15 +314,18 @@ class RedisGate:
         if lane is None:
             return await self.run(lambda r: lua(keys=keys, args=args, client=r))
 
-        async def evalsha(r: aioredis.Redis) -> Any:
+        timeout = self._timeout
+
+        async def evalsha() -> Any:
             command = ("EVALSHA", lua.sha, len(keys), *keys, *args)
             try:
-                return await lane.execute(*command)
+                return await lane.execute(*command, timeout_s=timeout)
             except NoScriptError:
-                await r.script_load(lua.script)
-                return await lane.execute(*command)
+                async with asyncio.timeout(timeout):
+                    await self.client.script_load(lua.script)
+                return await lane.execute(*command, timeout_s=timeout)
 
-        return await self.run(evalsha)
+        return await self._guarded(evalsha)
 
     def _failed(self, exc: BaseException) -> None:
         self._timeouts_in_a_row = 0

@@ -96,6 +96,14 @@ class _Protocol(asyncio.Protocol):
         self._lane._drop(self, RedisConnectionError(f"Connection to Redis lost: {exc or 'closed'}"))
 
 
+def _expire(futures: list[asyncio.Future[Any]]) -> None:
+    """A call's deadline: the replies it still waits for will not be read (they are dropped
+    when they come)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(RedisTimeoutError("Redis did not answer in time."))
+
+
 class PipelinedConnection:
     def __init__(
         self,
@@ -138,19 +146,33 @@ class PipelinedConnection:
             return cls(None, 0, parts.path, db, username, password, connect_timeout_s, stall_s)
         return None
 
-    async def execute(self, *command: Any) -> Any:
+    async def execute(self, *command: Any, timeout_s: float | None = None) -> Any:
         """One command's reply; a Redis error reply raises it (NoScriptError for NOSCRIPT)."""
-        return (await self.execute_many([command]))[0]
+        return (await self.execute_many([command], timeout_s))[0]
 
-    async def execute_many(self, commands: list[Command]) -> list[Any]:
-        """Several commands written at once, their replies in order (not a transaction)."""
-        protocol = self._protocol or await self._connect()
+    async def execute_many(self, commands: list[Command], timeout_s: float | None = None) -> list[Any]:
+        """Several commands written at once, their replies in order (not a transaction).
+        Replies not in within `timeout_s` (connecting included) raise a timeout: one
+        timer per call, not an `asyncio.timeout` (its Timeout object and rescheduling were
+        twice the timer's cost, per Redis call)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        protocol = self._protocol
+        if protocol is None:
+            async with asyncio.timeout_at(deadline):
+                protocol = await self._connect()
+        return await self._replies(protocol, commands, deadline)
+
+    async def _replies(
+        self, protocol: _Protocol, commands: list[Command], deadline: float | None
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         if not protocol.owed:
             protocol.progress = loop.time()
         futures = [loop.create_future() for _ in commands]
         protocol.owed.extend(futures)
         protocol.send_soon(b"".join(map(pack, commands)))
+        timer = None if deadline is None else loop.call_at(deadline, _expire, futures)
         try:
             replies = [await future for future in futures]
         except BaseException as exc:
@@ -160,9 +182,12 @@ class PipelinedConnection:
                 elif not future.cancelled():
                     future.exception()
             quiet = protocol.owed and loop.time() - protocol.progress >= self._stall
-            if isinstance(exc, asyncio.CancelledError) and quiet:
+            if isinstance(exc, asyncio.CancelledError | RedisTimeoutError) and quiet:
                 loop.call_later(self._stall, self._drop_if_stalled, protocol, protocol.replies)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         for reply in replies:
             if isinstance(reply, ResponseError):
                 if str(reply).startswith("NOSCRIPT"):

@@ -128,6 +128,27 @@ def test_a_stalled_server_fails_owed_calls_as_timeouts_then_reconnects(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_call_s_own_deadline_fails_it_as_a_timeout_and_its_late_reply_is_dropped(
+    loop: str, server: RedisProcess
+) -> None:
+    async def work() -> None:
+        lane = lane_for(server.url, stall_s=5.0)  # a stall would drop the connection: not here
+        assert await lane.execute("SET", "k", "v", timeout_s=1.0) == b"OK"
+        connection = lane._protocol
+        sleeper = redis.Redis.from_url(server.url)
+        threading.Thread(target=lambda: sleeper.execute_command("DEBUG", "SLEEP", "0.5"), daemon=True).start()
+        await asyncio.sleep(0.1)
+        with pytest.raises(RedisTimeoutError):
+            await lane.execute("GET", "k", timeout_s=0.1)  # behind the sleep
+        # The same connection: the late reply to the GET is dropped, not given to the next call.
+        assert await lane.execute_many([("GET", "k"), ("PING",)], 2.0) == [b"v", b"PONG"]
+        assert lane._protocol is connection
+        await lane.aclose()
+
+    run(loop, work)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_a_restarted_server_is_reached_again(loop: str, server: RedisProcess) -> None:
     async def work() -> None:
         lane = lane_for(server.url)
