@@ -374,6 +374,46 @@ async def test_budgets_follow_on_redis_error(make_client: Any, policy: str, stat
     assert response.status_code == status
 
 
+async def test_a_shutdown_with_redis_unreachable_gives_up_the_settlements_at_once(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget settlement that cannot reach Redis retries for about 16 s. At shutdown, with
+    Redis unreachable, none can land: the runtime gives them up instead of waiting, even with
+    an hour to drain, so the settlement's own retries have not run out (it has not logged
+    giving up) when the shutdown is done."""
+    client = await make_client(
+        url=f"redis://127.0.0.1:{free_port()}/0",
+        tenants=tenants({"usd_per_day": 1}),
+        rate_limit={"on_redis_error": "closed"},
+        models=[{"name": "demo", "litellm_model": "demo/echo", "input_cost_per_token": 0.000001}],
+    )
+    response = await client.post(
+        CHAT, json={"model": "demo", "messages": [{"role": "user", "content": "down"}]}, headers=auth()
+    )
+    assert response.status_code == 503
+    with caplog.at_level(logging.WARNING):
+        await runtime(client).close(drain_s=3600)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "shutting down with rate-limit settlements unsent: Redis is unreachable" in messages
+    assert not [m for m in messages if "could not settle a budget reservation" in m]
+
+
+async def test_a_shutdown_waits_for_settlements_while_redis_answers(
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    """The settlement's first call is refused, its retry lands: the shutdown waits for it."""
+    from proxy.store.ratelimit import RateLimiter
+
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    rt = runtime(client)
+    rt.limiter = RateLimiter(FlakyGate(rt.gate, refuse={2}), rt.config)  # type: ignore[arg-type]
+    budgets = rt.limiter.plan_budgets(rt.config.tenant_index["acme"], None)
+    reservation = await rt.limiter.acquire((), 0, budgets=budgets, amount=5000)
+    rt.limiter.settle(reservation, 0, 1200)
+    await rt.close()
+    assert spent(redis_sync, day_key(key_prefix)) == 1200
+
+
 async def test_a_model_without_a_price_is_refused_to_a_budgeted_tenant(
     make_client: Any, upstream: Any
 ) -> None:
