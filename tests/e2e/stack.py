@@ -117,9 +117,17 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
 
 
 def start_stack(
-    work: Path, redis_url: str, workers: int = 1, environ: dict[str, str] | None = None, **sections: Any
+    work: Path,
+    redis_url: str,
+    workers: int = 1,
+    environ: dict[str, str] | None = None,
+    settled: bool = False,
+    **sections: Any,
 ) -> Stack:
-    """`environ`: more environment for the proxy (e.g. OTEL_* for tracing)."""
+    """`environ`: more environment for the proxy (e.g. OTEL_* for tracing). `settled`: wait
+    until the served processes are idle (`settle`), for the tests that time their first
+    requests against deadlines of their own; the others need not (a request for a litellm
+    model waits for the import anyway), and skip its seconds of waiting."""
     stack = Stack(free_port(), free_port(), f"llmcpe2e{uuid.uuid4().hex[:8]}", work)
     write_config(work / "config.yaml", stack.upstream_port, stack.prefix, **sections)
     env = child_env(REDIS_URL=redis_url, **(environ or {}))
@@ -152,7 +160,8 @@ def start_stack(
     try:
         wait_for_http(f"{stack.upstream}/_fake/stats")
         wait_for_http(f"http://127.0.0.1:{stack.proxy_port}/readyz")
-        settle(stack.procs[-1].pid)
+        if settled:
+            settle(stack.procs[-1].pid)
     except BaseException:
         stop(*stack.procs)
         raise
