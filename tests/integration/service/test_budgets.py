@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     eventually,
     openai_completion,
     openai_sse,
+    provider_mock,
 )
 from tests.servers import free_port
 
@@ -90,6 +92,27 @@ async def settled_at(redis_sync: redis.Redis, key: str, expected: int) -> None:
         return spent(redis_sync, key) == expected
 
     await eventually(check, timeout=3, what=f"spend of {key} never settled at {expected}")
+
+
+def asgi_post(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in {**headers, "Content-Type": "application/json"}.items()
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("proxy", 80),
+    }
 
 
 def runtime(client: httpx.AsyncClient) -> Any:
@@ -274,21 +297,45 @@ async def test_a_broken_stream_settles_what_was_sent(
 
 
 async def test_a_client_that_hangs_up_leaks_no_reservation(
-    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
     async def slow_stream(request: httpx.Request) -> httpx.Response:
         async def body() -> Any:
             yield openai_sse(["x"], finish=False)
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()  # the provider sends nothing more
 
         return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
+    # (The client below never goes through httpx: respx's pass-through route for the app
+    # goes unused, so routes are not held to being called.)
+    upstream = provider_mock(assert_all_called=False)
     upstream.post(URL).mock(side_effect=slow_stream)
     client = await make_client(tenants=tenants({"usd_per_day": 1}))
     body = ask("hang up", stream=True)
-    async with client.stream("POST", CHAT, json=body, headers=auth()) as response:
-        async for _ in response.aiter_raw():
-            break  # the client goes away after the first chunk
+    # Driven as raw ASGI: httpx's ASGI transport hands the client nothing before the
+    # response ends, so a client reading it could only hang up once the stream was over.
+    hung_up = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message.get("body"):
+            hung_up.set()  # the client goes away after the first chunk
+
+    with upstream:
+        await client._transport.app(asgi_post(CHAT, auth()), receive, send)  # type: ignore[attr-defined]
+    assert statuses == [200] and hung_up.is_set()  # the provider answered, the client left
     worst = worst_case_nano(body)
 
     async def released() -> bool:
