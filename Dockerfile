@@ -7,12 +7,19 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # `tracing.enabled: true` works without a rebuild), installed into a virtualenv of their
 # own (binary wheels only: no compiler needed or shipped). The venv has no pip, and pip keeps
 # no cache; bytecode is compiled here, once (startup takes half as long as without it).
+# The dependencies come first, in a layer of their own that depends only on pyproject.toml
+# (its dependencies and the tracing extra, read with tomllib): a builder that keeps layers
+# reuses it while pyproject.toml is unchanged, and installs only the project again.
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["tracing"]))' >/tmp/requirements.txt \
+    && python -m venv --without-pip /opt/venv \
+    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md ./
 COPY proxy ./proxy
-RUN python -m venv --without-pip /opt/venv \
-    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: ".[tracing]"
+RUN python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: --no-deps ".[tracing]"
 
 # Runtime stage: the base plus that venv, non-root (numeric uid 10001), config at
 # /etc/llm-cache-proxy/config.yaml. The base's own `proxy` system user is left alone.

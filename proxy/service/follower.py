@@ -47,7 +47,11 @@ class Follower:
         chunks = self._flight.follow_stream(flight, self._flight.wait_s)
         try:
             first = await anext(chunks)
-        except (StoreUnavailable, StopAsyncIteration):
+        except StopAsyncIteration:  # the leader's answer is stored, but nothing came to relay
+            await chunks.aclose()
+            return None
+        except StoreUnavailable as exc:  # the leader failed before its first chunk, say
+            log.info("single flight: following failed (%s); calling upstream", exc)
             await chunks.aclose()
             return None
         req.served_hit(0, 0, None)  # the leader's usage chunk fills the tokens in

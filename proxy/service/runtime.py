@@ -7,6 +7,7 @@ shutdown, so tests and workers each get their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -31,6 +32,8 @@ from proxy.store.review import ReviewQueue
 from proxy.upstream.selector import Upstreams
 
 log = logging.getLogger("llmcp")
+_DRAIN_S = 10.0  # at shutdown, the longest wait for background streams, then for settlements
+_DRAIN_CHECK_S = 0.25  # while settlements are still in flight, how often Redis is probed
 
 
 @dataclass
@@ -191,11 +194,32 @@ class Runtime:
         gc.collect()
         gc.freeze()
 
-    async def close(self) -> None:
+    async def _drain_settlements(self, drain_s: float) -> None:
+        """Wait for the rate-limit settlements still in flight while Redis answers. A
+        settlement that cannot reach Redis retries with growing pauses (a budget's for about
+        16 s); with Redis unreachable none of them can land, so the shutdown does not wait
+        for them (it used to wait out the whole drain): they are given up, as they would be
+        when their retries ran out, and the budget reservations stay reserved until their
+        window ends."""
+        drained = asyncio.ensure_future(self.limiter.drain(drain_s))
+        while True:
+            done, _ = await asyncio.wait([drained], timeout=_DRAIN_CHECK_S)
+            if done:
+                return
+            if not await self.gate.ping():
+                drained.cancel()  # the wait only: the settlements' own tasks go on until the loop ends
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drained
+                log.warning("shutting down with rate-limit settlements unsent: Redis is unreachable")
+                return
+
+    async def close(self, drain_s: float = _DRAIN_S) -> None:
+        """Shut down: background streams finish, rate-limit settlements are sent (at most
+        `drain_s` seconds in all for each), stats are flushed, then connections close."""
         if self.watcher is not None:
             await self.watcher.stop()
-        await self.pipeline.stages.drain()
-        await self.limiter.drain()
+        await self.pipeline.stages.drain(drain_s)
+        await self._drain_settlements(drain_s)
         await self.stats.stop()
         await self.flight.close()
         if self.l1 is not None:

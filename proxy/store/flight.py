@@ -10,10 +10,12 @@ leader is noticed within `lock_ms`. A streaming leader also appends each chunk t
 short-lived Redis Stream that streaming followers read live with XREAD BLOCK. It never
 waits for that in front of its client: `share` queues the chunk and returns; one writer
 task per flight writes what has queued, a batch per round trip, in order, and `finish`
-waits for it before waking the followers.
+waits for it before waking the followers. The release ends that stream with an `end`
+entry ("done" | "failed"), even when no chunk came before it: streaming followers of a
+leader that failed before its first chunk learn it at once, not after `lock_ms`.
 
     <prefix>:v1:<ns>:flight:{<digest>}          string, the lock (token), PX lock_ms
-    <prefix>:v1:<ns>:flight:{<digest>}:<leader>:chunks   stream of the leader's chunks, TTL
+    <prefix>:v1:<ns>:flight:{<digest>}:<leader>:chunks   stream of the leader's chunks, then end, TTL
     channel <prefix>:v1:<ns>:flight:{<digest>}  "done" | "failed"
 
 The lock shares the cache entry's `{<digest>}` hash tag, so one script can look at the

@@ -56,11 +56,14 @@ def write_config(
     upstream_port: int,
     prefix: str,
     models_with_upstream: Callable[[int], dict[str, Any]] | None = None,
+    litellm: bool = True,
     **sections: Any,
 ) -> None:
-    """The stack's config; `models_with_upstream(port)` replaces the model of its name."""
+    """The stack's config; `models_with_upstream(port)` replaces the model of its name.
+    `litellm=False` leaves out the model routed through litellm (`fake`), so the workers
+    never import it."""
     config: dict[str, Any] = {
-        "redis": {"key_prefix": prefix},
+        "redis": {"key_prefix": prefix, **sections.pop("redis", {})},  # the stack's prefix, always
         "models": [
             {
                 "name": "fake",
@@ -81,6 +84,8 @@ def write_config(
         "tenants": [{"name": n, "api_keys": [k]} for n, k in TENANT_KEYS.items()],
         **sections,
     }
+    if not litellm:
+        config["models"] = [m for m in config["models"] if m.get("route") != "litellm"]
     if models_with_upstream is not None:
         extra = models_with_upstream(upstream_port)
         config["models"] = [m for m in config["models"] if m["name"] != extra["name"]] + [extra]
@@ -117,11 +122,24 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
 
 
 def start_stack(
-    work: Path, redis_url: str, workers: int = 1, environ: dict[str, str] | None = None, **sections: Any
+    work: Path,
+    redis_url: str,
+    workers: int = 1,
+    environ: dict[str, str] | None = None,
+    settled: bool = False,
+    litellm: bool = True,
+    **sections: Any,
 ) -> Stack:
-    """`environ`: more environment for the proxy (e.g. OTEL_* for tracing)."""
+    """`environ`: more environment for the proxy (e.g. OTEL_* for tracing). Each worker
+    imports litellm in the background after /readyz (seconds of CPU, during which its event
+    loop answers late and a Redis call can run past redis.timeout_ms). `settled`: wait until
+    the served processes are idle (`settle`), for the tests that time their first requests
+    against deadlines of their own; the others need not (a request for a litellm model
+    waits for the import anyway), and skip its seconds of waiting. `litellm=False`: no model
+    routed through litellm, so no import at all (for tests whose limits must hold exactly,
+    with no Redis call timed out and served open)."""
     stack = Stack(free_port(), free_port(), f"llmcpe2e{uuid.uuid4().hex[:8]}", work)
-    write_config(work / "config.yaml", stack.upstream_port, stack.prefix, **sections)
+    write_config(work / "config.yaml", stack.upstream_port, stack.prefix, litellm=litellm, **sections)
     env = child_env(REDIS_URL=redis_url, **(environ or {}))
     stack.procs.append(
         spawn(
@@ -152,7 +170,8 @@ def start_stack(
     try:
         wait_for_http(f"{stack.upstream}/_fake/stats")
         wait_for_http(f"http://127.0.0.1:{stack.proxy_port}/readyz")
-        settle(stack.procs[-1].pid)
+        if settled:
+            settle(stack.procs[-1].pid)
     except BaseException:
         stop(*stack.procs)
         raise

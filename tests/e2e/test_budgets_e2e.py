@@ -82,6 +82,11 @@ def stack(
         work,
         redis_url,
         workers=2,
+        # The budget must hold exactly, and a limiter call that runs past redis.timeout_ms is
+        # served open (on_redis_error: open, by design): no litellm import beside the
+        # requests, and a deadline that a busy machine's event loop cannot run past.
+        litellm=False,
+        redis={"timeout_ms": 10_000},
         tenants=[
             {"name": "acme", "api_keys": [TENANT_KEYS["acme"]], "budget": budget(10)},
             {"name": "globex", "api_keys": [TENANT_KEYS["globex"]], "budget": budget(10)},

@@ -116,6 +116,7 @@ def stack(
         tmp_path_factory.mktemp("e2e-faults"),
         redis_server.url,
         workers=2,
+        settled=True,  # the hang test's client timeout must not pay for the workers' litellm import
         tenants=tenants,
         upstream={"timeout_seconds": 2},
         redis={"timeout_ms": 300, "retry_after_ms": 500},

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_drains_an_in_flight_stream(tmp_path: Path, redis_url: str, redis_sync: redis.Redis) -> None:
-    stack = start_stack(tmp_path, redis_url)
+    stack = start_stack(tmp_path, redis_url, settled=True)  # the wait for a first chunk is timed
     try:
         stack.upstream_mode(latency_ms=0, chunk_delay_ms=150)  # ~17 chunks: a ~2.5 s stream
         server = stack.procs[-1]

@@ -4,14 +4,17 @@
 -- Time is in milliseconds (linger).
 --
 -- end_flight: compare-and-delete the flight lock (only its leader's token may), end the
--- chunk stream for late streaming followers (when one exists), wake every follower.
+-- chunk stream, wake every follower. The stream of a streaming leader (token ending in
+-- ":s") always gets its end entry, created if no chunk came before the end (the leader
+-- failed before its first): streaming followers wait in XREAD BLOCK on that stream, not on
+-- the channel, and must learn the outcome now, not when lock_ms has passed.
 -- Returns true when the lock was the leader's and is released.
 local function end_flight(lock, stream, token, channel, outcome, linger)
   local ours = redis.call('GET', lock) == token
   if ours then
     redis.call('DEL', lock)
   end
-  if redis.call('EXISTS', stream) == 1 then
+  if string.sub(token, -2) == ':s' or redis.call('EXISTS', stream) == 1 then
     redis.call('XADD', stream, 'MAXLEN', '~', '100000', '*', 'end', outcome)
     redis.call('PEXPIRE', stream, linger)
   end

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     eventually,
     openai_completion,
     openai_sse,
+    provider_mock,
 )
 from tests.servers import free_port
 
@@ -90,6 +92,27 @@ async def settled_at(redis_sync: redis.Redis, key: str, expected: int) -> None:
         return spent(redis_sync, key) == expected
 
     await eventually(check, timeout=3, what=f"spend of {key} never settled at {expected}")
+
+
+def asgi_post(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in {**headers, "Content-Type": "application/json"}.items()
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("proxy", 80),
+    }
 
 
 def runtime(client: httpx.AsyncClient) -> Any:
@@ -274,21 +297,45 @@ async def test_a_broken_stream_settles_what_was_sent(
 
 
 async def test_a_client_that_hangs_up_leaks_no_reservation(
-    make_client: Any, upstream: Any, redis_sync: redis.Redis, key_prefix: str
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
 ) -> None:
     async def slow_stream(request: httpx.Request) -> httpx.Response:
         async def body() -> Any:
             yield openai_sse(["x"], finish=False)
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()  # the provider sends nothing more
 
         return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
+    # (The client below never goes through httpx: respx's pass-through route for the app
+    # goes unused, so routes are not held to being called.)
+    upstream = provider_mock(assert_all_called=False)
     upstream.post(URL).mock(side_effect=slow_stream)
     client = await make_client(tenants=tenants({"usd_per_day": 1}))
     body = ask("hang up", stream=True)
-    async with client.stream("POST", CHAT, json=body, headers=auth()) as response:
-        async for _ in response.aiter_raw():
-            break  # the client goes away after the first chunk
+    # Driven as raw ASGI: httpx's ASGI transport hands the client nothing before the
+    # response ends, so a client reading it could only hang up once the stream was over.
+    hung_up = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message.get("body"):
+            hung_up.set()  # the client goes away after the first chunk
+
+    with upstream:
+        await client._transport.app(asgi_post(CHAT, auth()), receive, send)  # type: ignore[attr-defined]
+    assert statuses == [200] and hung_up.is_set()  # the provider answered, the client left
     worst = worst_case_nano(body)
 
     async def released() -> bool:
@@ -372,6 +419,46 @@ async def test_budgets_follow_on_redis_error(make_client: Any, policy: str, stat
         CHAT, json={"model": "demo", "messages": [{"role": "user", "content": "down"}]}, headers=auth()
     )
     assert response.status_code == status
+
+
+async def test_a_shutdown_with_redis_unreachable_gives_up_the_settlements_at_once(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget settlement that cannot reach Redis retries for about 16 s. At shutdown, with
+    Redis unreachable, none can land: the runtime gives them up instead of waiting, even with
+    an hour to drain, so the settlement's own retries have not run out (it has not logged
+    giving up) when the shutdown is done."""
+    client = await make_client(
+        url=f"redis://127.0.0.1:{free_port()}/0",
+        tenants=tenants({"usd_per_day": 1}),
+        rate_limit={"on_redis_error": "closed"},
+        models=[{"name": "demo", "litellm_model": "demo/echo", "input_cost_per_token": 0.000001}],
+    )
+    response = await client.post(
+        CHAT, json={"model": "demo", "messages": [{"role": "user", "content": "down"}]}, headers=auth()
+    )
+    assert response.status_code == 503
+    with caplog.at_level(logging.WARNING):
+        await runtime(client).close(drain_s=3600)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "shutting down with rate-limit settlements unsent: Redis is unreachable" in messages
+    assert not [m for m in messages if "could not settle a budget reservation" in m]
+
+
+async def test_a_shutdown_waits_for_settlements_while_redis_answers(
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    """The settlement's first call is refused, its retry lands: the shutdown waits for it."""
+    from proxy.store.ratelimit import RateLimiter
+
+    client = await make_client(tenants=tenants({"usd_per_day": 1}))
+    rt = runtime(client)
+    rt.limiter = RateLimiter(FlakyGate(rt.gate, refuse={2}), rt.config)  # type: ignore[arg-type]
+    budgets = rt.limiter.plan_budgets(rt.config.tenant_index["acme"], None)
+    reservation = await rt.limiter.acquire((), 0, budgets=budgets, amount=5000)
+    rt.limiter.settle(reservation, 0, 1200)
+    await rt.close()
+    assert spent(redis_sync, day_key(key_prefix)) == 1200
 
 
 async def test_a_model_without_a_price_is_refused_to_a_budgeted_tenant(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -73,6 +74,43 @@ async def test_leader_failure_releases_followers_without_a_cached_error(make_cli
     assert all(
         r.json()["choices"][0]["message"]["content"] == "recovered" for r in responses if r.status_code == 200
     )
+
+
+async def test_a_streaming_leader_failing_before_its_first_chunk_releases_its_followers_at_once(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Streaming followers of a streaming leader wait on its chunk stream; when the leader
+    fails before any chunk, they hear "failed" from that stream and make their own calls
+    right away, not after lock_ms (a minute here: they would find the lock gone, "went
+    away", which the log would say)."""
+    client = await make_client(single_flight={"lock_ms": 60_000})
+    ask = {**SAME, "stream": True}
+    with provider_mock() as mock:
+        calls = {"n": 0}
+
+        async def first_fails(request: httpx.Request) -> httpx.Response:
+            calls["n"] += 1
+            await asyncio.sleep(0.3)  # the others join the flight meanwhile
+            if calls["n"] == 1:
+                return httpx.Response(500, json={"error": {"message": "boom"}})
+            sse = openai_sse(["recov", "ered"])
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+
+        mock.post(URL).mock(side_effect=first_fails)
+        with caplog.at_level(logging.INFO, logger="llmcp.flight"):
+            responses = await asyncio.gather(*[client.post(CHAT, json=ask, headers=auth()) for _ in range(5)])
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 200, 200, 502]  # only the leader saw the failure
+    for r in responses:
+        if r.status_code == 200:
+            events = sse_events(r.content)
+            assert events[-1] == "[DONE]"
+            assert "".join(
+                e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
+            ) == ("recovered")
+    followed = [r.getMessage() for r in caplog.records if "following failed" in r.getMessage()]
+    assert len(followed) == 4
+    assert all("the single-flight leader failed" in m for m in followed), followed
 
 
 async def test_a_crashed_leader_does_not_strand_its_followers(

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from proxy.errors import StoreUnavailable
 from proxy.store.connection import RedisGate, connect
 from proxy.store.flight import SingleFlight
 from tests.conftest import build_config
@@ -59,4 +60,37 @@ async def test_chunks_are_shared_without_waiting_batched_in_order(redis_url: str
     assert held.calls - before <= 3
     await flights.close()
     await leading.close()
+    await gate.aclose()
+
+
+@pytest.mark.parametrize("ok", [False, True])
+async def test_a_leader_that_ends_before_its_first_chunk_ends_its_followers_stream(
+    redis_url: str, key_prefix: str, ok: bool
+) -> None:
+    """A streaming leader that fails before its first chunk (an upstream error, a timeout)
+    wrote no stream. Its streaming followers wait in XREAD BLOCK on that stream, not on the
+    channel: the release writes the end entry anyway, so they learn the outcome from it at
+    once. Without it they would wake only when lock_ms (a minute here) had passed, to find
+    the lock gone ("went away"), which this test rules out."""
+    config = build_config(key_prefix, single_flight={"lock_ms": 60_000})
+    gate = RedisGate(connect(redis_url, config.redis), retry_after_ms=0)
+    flights = SingleFlight(gate, config)
+    leader = await flights.join("acme", "e" * 64, streaming=True)
+    follower = await flights.join("acme", "e" * 64, streaming=True)
+    assert leader.leader and not follower.leader and follower.streaming_leader
+
+    async def follow() -> list[Any]:
+        return [chunk async for chunk in flights.follow_stream(follower, timeout_s=120)]
+
+    early = asyncio.create_task(follow())  # reading (or about to) before the leader ends
+    await asyncio.sleep(0)
+    await flights.finish(leader, ok=ok)
+    for following in (early, asyncio.create_task(follow())):  # and one that reads after the end
+        if ok:  # "done": the answer is in the cache, nothing was streamed to relay
+            assert await following == []
+        else:
+            with pytest.raises(StoreUnavailable, match="the single-flight leader failed"):
+                await following
+    assert 0 < await gate.run(lambda r: r.pttl(follower.chunks_key)) <= 30_000  # lingers, then goes
+    await flights.close()
     await gate.aclose()
