@@ -150,8 +150,8 @@ async def make_client(redis_url: str, key_prefix: str) -> AsyncIterator[Callable
         upstreams: Upstreams | None = None, url: str | None = None, **overrides: Any
     ) -> httpx.AsyncClient:
         config = build_config(key_prefix, **overrides)
-        # Direct upstream calls over httpx, where respx sees them (the server's aiohttp
-        # transport is exercised by the end-to-end tests); litellm's own httpx clients are
+        # Direct upstream calls over httpx, where respx sees them (the server's HTTP/1.1
+        # transport is exercised by its own tests and end to end); litellm's own httpx clients are
         # seen by respx's "httpx" mocker whatever transport they use.
         upstreams = upstreams or Upstreams(config.upstream.timeout_seconds, transport=HttpxTransport())
         app = create_app(config, url or redis_url, upstreams)

@@ -24,7 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import __version__
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError, InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from proxy.errors import (
+    ConfigError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ProxyError,
+    RouteNotFound,
+    StoreUnavailable,
+)
 from proxy.http.asgi import FastPath
 from proxy.http.errors import error_parts
 from proxy.http.openapi import fast_path_operations, security_scheme
@@ -101,6 +108,9 @@ def create_app(
         redoc_url=None,
     )
     app.add_exception_handler(ProxyError, _on_proxy_error)
+    # Its own handler: one for `Exception` answers too, but Starlette then re-raises the
+    # error, and uvicorn logs a Redis blip on /stats as an ASGI application's crash.
+    app.add_exception_handler(StoreUnavailable, _on_unexpected)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -50,6 +50,9 @@ def pack(command: Command) -> bytes:
     return b"".join(parts)
 
 
+_GRACE_S = 0.001  # a timer, not call_soon: uvloop runs those before it polls, too
+
+
 class _Protocol(asyncio.Protocol):
     """Matches replies to the futures of the commands, in the order they were written."""
 
@@ -96,9 +99,15 @@ class _Protocol(asyncio.Protocol):
         self._lane._drop(self, RedisConnectionError(f"Connection to Redis lost: {exc or 'closed'}"))
 
 
-def _expire(futures: list[asyncio.Future[Any]]) -> None:
+def _expire(futures: list[asyncio.Future[Any]], grace: bool = True) -> None:
     """A call's deadline: the replies it still waits for will not be read (they are dropped
-    when they come)."""
+    when they come). Not at once: uvloop runs due timers before it reads the sockets, so
+    after a stall of the loop itself (a long import on another thread holding the GIL) the
+    replies can be there, unread. The failure waits one more pass over the sockets."""
+    if grace:
+        if not all(future.done() for future in futures):
+            asyncio.get_running_loop().call_later(_GRACE_S, _expire, futures, False)
+        return
     for future in futures:
         if not future.done():
             future.set_exception(RedisTimeoutError("Redis did not answer in time."))

@@ -67,6 +67,20 @@ async def test_redis_unreachable_from_the_start(make_client: Any, fast_demo: Any
     assert (await client.get("/readyz")).status_code == 503
 
 
+async def test_stats_without_redis_is_a_503_not_a_crash(make_client: Any, fast_demo: Any) -> None:
+    """Starlette re-raises what reaches its catch-all handler after answering (uvicorn then
+    logs an ASGI crash, and the test client raises it): Redis down has a handler of its own."""
+    client = await make_client(upstreams=fast_demo, url=f"redis://127.0.0.1:{free_port()}/0")
+    for path in ("/stats", "/metrics", "/stats/events"):
+        response = await client.get(path, headers=auth("admin"))
+        assert response.status_code == 503, (path, response.text)
+        assert (
+            response.json()["error"]["message"]
+            == "The cache store (Redis) is unavailable; try again shortly."
+        )
+        assert "127.0.0.1" not in response.text
+
+
 async def test_slow_redis_is_bounded_by_the_timeout(
     make_client: Any, redis_process: RedisProcess, fast_demo: Any
 ) -> None:

@@ -4,6 +4,7 @@ and restart, on both event loops the proxy runs on (asyncio in tests, uvloop in 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -144,6 +145,35 @@ def test_a_call_s_own_deadline_fails_it_as_a_timeout_and_its_late_reply_is_dropp
         assert await lane.execute_many([("GET", "k"), ("PING",)], 2.0) == [b"v", b"PONG"]
         assert lane._protocol is connection
         await lane.aclose()
+
+    run(loop, work)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reply_that_came_while_the_loop_itself_was_stalled_is_not_a_timeout(
+    loop: str, server: RedisProcess
+) -> None:
+    """The loop blocked past a call's deadline (another thread holding the GIL, say) while
+    the reply arrived: the call gets its reply (uvloop runs due timers before it reads)."""
+
+    async def work() -> None:
+        lane = lane_for(server.url)
+        assert await lane.execute("SET", "k", "v") == b"OK"
+        # The stall comes from a socket's callback, as a request's work would: after it the
+        # loop's next turn starts with its due timers.
+        near, far = socket.socketpair()
+        asyncio.get_running_loop().add_reader(near, lambda: (near.recv(1), time.sleep(0.3)))
+        call = asyncio.ensure_future(lane.execute("GET", "k", timeout_s=0.05))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the call is written
+        far.send(b"x")  # the whole loop stalls past the deadline; Redis answers meanwhile
+        try:
+            assert await call == b"v"
+        finally:
+            asyncio.get_running_loop().remove_reader(near)
+            near.close()
+            far.close()
+            await lane.aclose()
 
     run(loop, work)
 
