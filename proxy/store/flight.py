@@ -174,6 +174,10 @@ class SingleFlight:
         """Wait for the leader: "done", "failed", or "gone" (timed out, or its lock vanished)."""
         future = await self._register(flight.channel)
         try:
+            # A leader that ended between our join and this registration published before we
+            # listened: its lock, already gone, says so now (not `check_every` later).
+            if not await self._gate.run(lambda r: r.exists(flight.lock)):
+                return "done" if future.done() and future.result() == "done" else "gone"
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
             check_every = self._lock_ms / 2000

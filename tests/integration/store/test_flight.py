@@ -94,3 +94,21 @@ async def test_a_leader_that_ends_before_its_first_chunk_ends_its_followers_stre
     assert 0 < await gate.run(lambda r: r.pttl(follower.chunks_key)) <= 30_000  # lingers, then goes
     await flights.close()
     await gate.aclose()
+
+
+async def test_a_follower_whose_leader_ended_before_it_listened_is_not_kept_waiting(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The leader ends (and publishes) between the follower's join and its registration for
+    the message: the follower must not sit until its next lock check (half of lock_ms: 30 s
+    here); the 10 s bound below is a hang detector, far from either outcome."""
+    config = build_config(key_prefix, single_flight={"lock_ms": 60_000})
+    gate = RedisGate(connect(redis_url, config.redis), retry_after_ms=0)
+    flights = SingleFlight(gate, config)
+    leader = await flights.join("acme", "f" * 64, streaming=False)
+    follower = await flights.join("acme", "f" * 64, streaming=False)
+    assert leader.leader and not follower.leader
+    await flights.finish(leader, ok=True)
+    assert await asyncio.wait_for(flights.wait(follower, timeout_s=120), 10) in ("done", "gone")
+    await flights.close()
+    await gate.aclose()
