@@ -76,18 +76,6 @@ class Pipeline:
     async def _generate(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
         stages = self.stages
         assert req.model is not None
-
-        async def recheck() -> Reply | None:
-            entry = await stages.cache.get(req.key)
-            return None if entry is None else stages.hit_reply(api, req, entry)
-
-        if req.controls.lookup and stages.looks_up_in_flight(req):
-            # The lookup and the flight in one script: the answer if cached, else this
-            # request leads (or follows the request that does).
-            shared = await stages.single_flight(req, recheck, self._follower.follow, lookup=True)
-            if shared is not None:
-                return shared
-            return await self._lead(api, req)
         if req.controls.lookup:
             try:
                 with span(req.trace, "llmcp.cache.lookup"):
@@ -103,15 +91,15 @@ class Pipeline:
                 return stages.hit_reply(api, req, entry)
         if req.tenant.cache_mode == "replay":  # record & replay: a miss never goes upstream (no limits)
             raise await self._replay.miss(api, req)
+
+        async def recheck() -> Reply | None:
+            entry = await stages.cache.get(req.key)
+            return None if entry is None else stages.hit_reply(api, req, entry)
+
         if stages.wants_flight(req):
             shared = await stages.single_flight(req, recheck, self._follower.follow)
             if shared is not None:
                 return shared
-        return await self._lead(api, req)
-
-    async def _lead(self, api: GenerationAdapter, req: ProxyRequest) -> Reply:
-        """A miss this request answers itself (leading its flight, if it holds one)."""
-        stages = self.stages
         try:
             await stages.limit(req, lambda: self._estimate(api, req), ceiling=lambda: self._ceiling(api, req))
             if req.stream:

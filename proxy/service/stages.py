@@ -8,7 +8,6 @@ cannot drift apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -121,49 +120,22 @@ class Stages:
         """Only a miss that will be stored can be shared: followers read the stored answer."""
         return req.status == CacheStatus.MISS and req.controls.store and self.flight.enabled
 
-    def looks_up_in_flight(self, req: ProxyRequest) -> bool:
-        """Whether the lookup can be the flight's own script (`single_flight(lookup=True)`):
-        one round trip for the entry, else the lead, where a GET then the script were two.
-        Not with the L1 (its fill reads the entry's TTL too), not in replay mode (a miss
-        there never goes upstream, so it leads nothing), not when the flight is keyed
-        apart from the entry."""
-        return (
-            req.controls.store
-            and self.flight.enabled
-            and req.flight_digest == req.digest
-            and req.tenant.cache_mode != "replay"
-            and not self.cache.has_l1
-        )
-
-    async def single_flight(
-        self, req: ProxyRequest, recheck: Recheck, follow: Follow, lookup: bool = False
-    ) -> Reply | None:
+    async def single_flight(self, req: ProxyRequest, recheck: Recheck, follow: Follow) -> Reply | None:
         """Lead (returns None: go upstream) or follow another request's identical miss.
         `recheck` answers from the cache if the answer is there now; `follow` is the
-        follower's side (`proxy.service.follower`). With `lookup`, this is the request's
-        cache lookup as well (a hit is answered here; Redis down leaves it a BYPASS)."""
+        follower's side (`proxy.service.follower`)."""
         # When the flight is keyed like the entry (one answer per request), the script looks
         # at the entry first: a leader that just finished may have stored the answer since
         # our lookup, and that recheck then costs no round trip of its own.
         entry_key = req.key if req.flight_digest == req.digest else None
         try:
-            with span(req.trace, "llmcp.cache.lookup") if lookup else contextlib.nullcontext():
-                flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream, entry_key)
+            flight = await self.flight.join(self.namespace(req), req.flight_digest, req.stream, entry_key)
         except StoreUnavailable:
-            if lookup:
-                req.record.redis_error = True
             return None
-        if lookup:
-            req.looked_up()
         if flight.cached is not None:
             entry = decode_entry(flight.cached)
             assert isinstance(req.api, GenerationAdapter)
-            if entry is None:
-                return None
-            if req.tenant.limit_cache_hits and req.tenant.cache_mode != "replay":
-                used = (entry.prompt_tokens, entry.completion_tokens)
-                await self.limit(req, lambda: used, settle=False)
-            return self.hit_reply(req.api, req, entry)
+            return None if entry is None else self.hit_reply(req.api, req, entry)
         if not flight.leader:
             with span(req.trace, "llmcp.single_flight.wait"):
                 return await follow(req, flight, recheck)

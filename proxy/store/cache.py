@@ -148,10 +148,6 @@ class CacheStore:
         """The Redis connection behind the cache (record and replay read and write beside it)."""
         return self._gate
 
-    @property
-    def has_l1(self) -> bool:
-        return self._l1 is not None
-
     async def get(self, key: str) -> Entry | None:
         """At most one round trip (none on an L1 hit). Raises StoreUnavailable when Redis fails."""
         l1 = self._l1
