@@ -209,17 +209,8 @@ class Http1Transport:
         self, method: str, url: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[int, dict[str, str], bytes]:
         conn, timer = await self._answer_head(method, url, body, headers, timeout)
-        try:
-            assert conn.done is not None
-            await conn.done
-        except BaseException:
-            conn.fail(ServerDisconnected("the call was abandoned"))
-            raise
-        finally:
-            timer.cancel()
-        answer = conn.status, conn.headers, conn.take_body()
-        self._release(conn)
-        return answer
+        status, answer_headers = conn.status, conn.headers
+        return status, answer_headers, await self._rest(conn, timer)
 
     async def stream(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> OpenStream:
         conn, timer = await self._answer_head("POST", url, body, headers, timeout)
@@ -227,6 +218,11 @@ class Http1Transport:
             # The timer stays: it bounds the whole stream, and closes the connection of a
             # stream whose reader never starts.
             return OpenStream(conn.status, conn.headers, lines=self._lines(conn, timer))
+        status, answer_headers = conn.status, conn.headers
+        return OpenStream(status, answer_headers, await self._rest(conn, timer))
+
+    async def _rest(self, conn: _Connection, timer: asyncio.TimerHandle) -> bytes:
+        """The whole body of the answer whose head is in; the connection goes back to the pool."""
         try:
             assert conn.done is not None
             await conn.done
@@ -235,9 +231,9 @@ class Http1Transport:
             raise
         finally:
             timer.cancel()
-        answer = OpenStream(conn.status, conn.headers, conn.take_body())
+        body = conn.take_body()
         self._release(conn)
-        return answer
+        return body
 
     async def _answer_head(
         self, method: str, url: str, body: bytes, headers: dict[str, str], timeout: float
