@@ -253,10 +253,8 @@ class RedisGate:
         """Run one call; `timeout_s` overrides the per-call ceiling (admin scans take longer).
         A call cut off by the ceiling is cancelled inside redis-py, which then drops that
         connection (a reply may still be on its way)."""
+        # None for the CLI's client: connect, pool wait and every read have their own timeouts.
         limit = self._timeout if timeout_s is None else timeout_s
-        if limit is None:
-            # The CLI's client: connect, pool wait and every read have their own timeouts.
-            return await self._guarded(lambda: call(self.client))
         return await self._guarded(lambda: call(self.client), limit)
 
     async def _guarded(self, call: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
