@@ -40,6 +40,12 @@ def run(loop: str, work: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(work())
 
 
+def stall(server: RedisProcess, seconds: float) -> None:
+    """The server answers nothing for `seconds` (DEBUG SLEEP, sent from a thread)."""
+    sleeper = redis.Redis.from_url(server.url)
+    threading.Thread(target=lambda: sleeper.execute_command("DEBUG", "SLEEP", seconds), daemon=True).start()
+
+
 def lane_for(url: str, stall_s: float = 0.5) -> PipelinedConnection:
     lane = PipelinedConnection.for_url(url, 1.0, stall_s)
     assert lane is not None
@@ -112,8 +118,7 @@ def test_a_stalled_server_fails_owed_calls_as_timeouts_then_reconnects(
     async def work() -> None:
         lane = lane_for(server.url, stall_s=0.2)
         assert await lane.execute("PING") == b"PONG"
-        sleeper = redis.Redis.from_url(server.url)
-        threading.Thread(target=lambda: sleeper.execute_command("DEBUG", "SLEEP", "1.5"), daemon=True).start()
+        stall(server, 1.5)
         await asyncio.sleep(0.1)
         owed = asyncio.ensure_future(lane.execute("GET", "x"))  # waits behind the sleep
         with pytest.raises(TimeoutError):
@@ -136,8 +141,7 @@ def test_a_call_s_own_deadline_fails_it_as_a_timeout_and_its_late_reply_is_dropp
         lane = lane_for(server.url, stall_s=5.0)  # a stall would drop the connection: not here
         assert await lane.execute("SET", "k", "v", timeout_s=1.0) == b"OK"
         connection = lane._protocol
-        sleeper = redis.Redis.from_url(server.url)
-        threading.Thread(target=lambda: sleeper.execute_command("DEBUG", "SLEEP", "0.5"), daemon=True).start()
+        stall(server, 0.5)
         await asyncio.sleep(0.1)
         with pytest.raises(RedisTimeoutError):
             await lane.execute("GET", "k", timeout_s=0.1)  # behind the sleep
