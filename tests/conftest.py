@@ -167,6 +167,27 @@ async def make_client(redis_url: str, key_prefix: str) -> AsyncIterator[Callable
         await lifespan.__aexit__(None, None, None)
 
 
+def asgi_post(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in {**headers, "Content-Type": "application/json"}.items()
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("proxy", 80),
+    }
+
+
 def openai_completion(content: str = "Hello!", finish: str = "stop", n: int = 1) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",

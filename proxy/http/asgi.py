@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,6 +51,7 @@ _WANTED = {
 _LOGGED_PROMPT_BYTES = 4096
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 Scope = dict[str, Any]
+log = logging.getLogger("llmcp.http")
 
 
 class FastPath:
@@ -111,12 +113,16 @@ class FastPath:
             return
         out = response_headers(req, request_id)
         if reply.stream is None:
-            _finish(runtime, record, request_id, path, reply.status, trace, req)
-            await _send_whole(send, reply.status, out, reply.body, reply.media_type)
+            try:
+                await _send_whole(send, reply.status, out, reply.body, reply.media_type)
+            finally:
+                await _after_sending(reply)
+                _finish(runtime, record, request_id, path, reply.status, trace, req)
             return
         try:
             await _send_stream(send, receive, reply, reply.stream, out)
         finally:
+            await _after_sending(reply)
             _finish(runtime, record, request_id, path, reply.status, trace, req)
 
     def _headers_fit(self, size: int) -> bool:
@@ -144,6 +150,15 @@ def _read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], int, 
             if name == b"authorization":
                 authorizations += 1
     return wanted, size, authorizations
+
+
+async def _after_sending(reply: Reply) -> None:
+    """The reply's remaining work (`Reply.then`); the answer is out, so a failure here is
+    logged, never turned into a second response."""
+    try:
+        await reply.finish()
+    except Exception:
+        log.exception("after the answer was sent")
 
 
 def _finish(

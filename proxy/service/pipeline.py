@@ -143,6 +143,16 @@ class Pipeline:
         call_ended(req.trace, usage)
         req.note_usage(usage, cached)
         body = orjson.dumps(response)
-        stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)
-        await stages.finish_flight(req, stored)
-        return Reply(body)
+
+        async def store() -> None:
+            # After the answer is sent: the client does not wait for this round trip. Its
+            # command is written before the server reads another request (the lane keeps
+            # order), so a request that follows this answer finds it stored; one already
+            # waiting is this flight's follower until the release.
+            stored = False
+            try:
+                stored = api.is_whole(req.body, response) and await stages.store(req, response, body, usage)
+            finally:
+                await stages.finish_flight(req, stored)
+
+        return Reply(body, then=store)

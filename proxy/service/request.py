@@ -11,7 +11,7 @@ way round.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +33,23 @@ _NO_CONTROLS = CacheControls(lookup=False, store=False, ttl=0)
 
 @dataclass(slots=True)
 class Reply:
-    """The answer's bytes (or a stream of them); its headers come from the ProxyRequest."""
+    """The answer's bytes (or a stream of them); its headers come from the ProxyRequest.
+
+    `then` is work that needs not hold the answer back (storing a miss's answer and
+    releasing its flight): the HTTP layer runs it once the whole answer is sent, before
+    the request is counted and logged; whoever else serves a `Reply` must call `finish`."""
 
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
     media_type: str = JSON
     status: int = 200
+    then: Callable[[], Awaitable[None]] | None = None
+
+    async def finish(self) -> None:
+        """Run `then` (once)."""
+        then, self.then = self.then, None
+        if then is not None:
+            await then()
 
 
 @dataclass(slots=True)

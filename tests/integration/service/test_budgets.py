@@ -21,6 +21,7 @@ from proxy.core.budgets import nano
 from tests.conftest import (
     TENANT_KEYS,
     UPSTREAM_BASE,
+    asgi_post,
     auth,
     build_config,
     eventually,
@@ -92,27 +93,6 @@ async def settled_at(redis_sync: redis.Redis, key: str, expected: int) -> None:
         return spent(redis_sync, key) == expected
 
     await eventually(check, timeout=3, what=f"spend of {key} never settled at {expected}")
-
-
-def asgi_post(path: str, headers: dict[str, str]) -> dict[str, Any]:
-    """The ASGI scope of a JSON POST to the app."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (k.lower().encode(), v.encode())
-            for k, v in {**headers, "Content-Type": "application/json"}.items()
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("proxy", 80),
-    }
 
 
 def runtime(client: httpx.AsyncClient) -> Any:

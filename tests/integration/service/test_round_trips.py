@@ -8,9 +8,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import redis
 
-from tests.conftest import UPSTREAM_BASE, auth, openai_completion, openai_sse, provider_mock
+from proxy.store.flight import flight_lock
+from tests.conftest import (
+    UPSTREAM_BASE,
+    asgi_post,
+    auth,
+    cache_keys,
+    openai_completion,
+    openai_sse,
+    provider_mock,
+)
 
 pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
@@ -58,3 +69,42 @@ async def test_a_miss_makes_three_round_trips_and_a_hit_one(make_client: Any, st
         calls.clear()
         hit = await client.post(CHAT, json={**body, "stream": stream}, headers=auth())
         assert hit.headers["x-cache"] == "HIT" and len(calls) == 1, calls
+
+
+async def test_a_miss_is_answered_before_its_store_round_trip(
+    make_client: Any, redis_sync: redis.Redis, key_prefix: str
+) -> None:
+    """The client gets the answer after two round trips (lookup, flight); storing it and
+    releasing the flight come after the answer went out, and before the request ends."""
+    client = await make_client()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "store after sending"}]}
+    seen_when_answered: list[tuple[int, list[bytes]]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            seen_when_answered.append((len(calls), cache_keys(redis_sync, key_prefix)))
+
+    # (Driven as raw ASGI: respx's pass-through route for the app goes unused.)
+    with provider_mock(assert_all_called=False) as mock:
+        route = mock.post(f"{UPSTREAM_BASE}/chat/completions")
+        route.mock(return_value=httpx.Response(200, json=openai_completion("sent first")))
+        calls = count_round_trips(client)
+        await client._transport.app(asgi_post(CHAT, auth()), receive, send)  # type: ignore[attr-defined]
+    assert (
+        sent[0]["status"] == 200
+        and orjson.loads(sent[1]["body"])["choices"][0]["message"]["content"] == "sent first"
+    )
+    assert seen_when_answered == [(2, [])], (seen_when_answered, calls)  # not stored yet
+    assert len(calls) == 3, calls  # ...and stored (the flight released) before the request ended
+    digest = dict(sent[0]["headers"])[b"x-cache-key"].decode()
+    assert len(cache_keys(redis_sync, key_prefix)) == 1
+    assert redis_sync.exists(flight_lock(key_prefix, "acme", digest)) == 0
+    again = await client.post(CHAT, json=body, headers=auth())
+    assert (
+        again.headers["x-cache"] == "HIT" and again.json()["choices"][0]["message"]["content"] == "sent first"
+    )
