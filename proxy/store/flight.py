@@ -90,7 +90,8 @@ class SingleFlight:
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         # Unique, not secret (a release compares them): a random prefix per process and a
         # counter; every miss takes one (os.urandom per request was ~10 us here).
-        self._tokens = (f"{os.urandom(6).hex()}{n:x}" for n in itertools.count())
+        prefix = os.urandom(6).hex()  # once: the generator would run os.urandom for every token
+        self._tokens = (f"{prefix}{n:x}" for n in itertools.count())
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
 

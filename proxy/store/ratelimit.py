@@ -91,7 +91,8 @@ class RateLimiter:
         self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._refreshing: set[str] = set()
         self._budget_plans: OrderedDict[tuple[str, str | None, int], tuple[Budget, ...]] = OrderedDict()
-        self._rids = (f"{os.urandom(6).hex()}.{n}" for n in itertools.count())  # unique per process
+        prefix = os.urandom(6).hex()  # once: the generator would run os.urandom for every id
+        self._rids = (f"{prefix}.{n}" for n in itertools.count())  # unique per process
 
     def renewed(self, config: Config) -> RateLimiter:
         """A limiter for a reloaded config, sharing this one's scripts, pending settlements

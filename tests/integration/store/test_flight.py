@@ -112,3 +112,21 @@ async def test_a_follower_whose_leader_ended_before_it_listened_is_not_kept_wait
     assert await asyncio.wait_for(flights.wait(follower, timeout_s=120), 10) in ("done", "gone")
     await flights.close()
     await gate.aclose()
+
+
+async def test_flight_tokens_are_a_process_prefix_and_a_counter(redis_url: str, key_prefix: str) -> None:
+    """Unique per flight, and cheap: one random prefix per process, then a counter (a
+    generator that called os.urandom for every token cost a tenth of a cache hit)."""
+    config = build_config(key_prefix)
+    gate = RedisGate(connect(redis_url, config.redis), retry_after_ms=0)
+    flights = SingleFlight(gate, config)
+    first = await flights.join("acme", "e" * 64, streaming=False)
+    second = await flights.join("acme", "f" * 64, streaming=True)
+    assert first.leader and second.leader
+    assert first.token != second.token
+    assert first.token[:12] == second.token[:12]  # the process's prefix (6 random bytes, hex)
+    assert first.token.endswith(":n") and second.token.endswith(":s")
+    for flight in (first, second):
+        await flights.finish(flight, ok=False)
+    await flights.close()
+    await gate.aclose()
