@@ -64,7 +64,7 @@ class Flight:
     chunks_key: str = ""
     channel: str = ""
     cached: bytes | None = None  # the entry, found by join: no flight at all
-    _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
+    _heartbeat: asyncio.TimerHandle | None = field(default=None, repr=False)
     _queued: list[bytes] = field(default_factory=list, repr=False)  # chunks not yet written
     _writer: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -92,6 +92,7 @@ class SingleFlight:
         # counter; every miss takes one (os.urandom per request was ~10 us here).
         prefix = os.urandom(6).hex()  # once: the generator would run os.urandom for every token
         self._tokens = (f"{prefix}{n:x}" for n in itertools.count())
+        self._renewals: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
 
@@ -113,14 +114,23 @@ class SingleFlight:
         chunks = f"{lock}:{holder.split(':', 1)[0]}:chunks"
         flight = Flight(lock, holder, bool(won), holder.endswith(":s"), chunks, lock)
         if flight.leader:
-            flight._heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(flight))
+            flight._heartbeat = asyncio.get_running_loop().call_later(
+                self._lock_ms / 3000, self._beat, flight
+            )
         return flight
 
-    async def _keep_alive(self, flight: Flight) -> None:
-        while True:
-            await asyncio.sleep(self._lock_ms / 3000)
-            with contextlib.suppress(StoreUnavailable):
-                await self._gate.run(lambda r: r.pexpire(flight.lock, self._lock_ms))
+    def _beat(self, flight: Flight) -> None:
+        """Every lock_ms/3 while the leader works, its lock's TTL renewed. A timer, not a
+        task per flight: most flights end long before their first beat."""
+        loop = asyncio.get_running_loop()
+        flight._heartbeat = loop.call_later(self._lock_ms / 3000, self._beat, flight)
+        renewal = loop.create_task(self._renew(flight))
+        self._renewals.add(renewal)  # held until done, so it is not garbage-collected mid-way
+        renewal.add_done_callback(self._renewals.discard)
+
+    async def _renew(self, flight: Flight) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._gate.run(lambda r: r.pexpire(flight.lock, self._lock_ms))
 
     def share(self, flight: Flight, chunk: dict[str, Any]) -> None:
         """A streaming leader shares one chunk with its streaming followers: queued here,
@@ -276,6 +286,8 @@ class SingleFlight:
         raise StoreUnavailable("timed out following the single-flight leader")
 
     async def close(self) -> None:
+        for renewal in list(self._renewals):
+            renewal.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

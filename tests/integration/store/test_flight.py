@@ -130,3 +130,23 @@ async def test_flight_tokens_are_a_process_prefix_and_a_counter(redis_url: str, 
         await flights.finish(flight, ok=False)
     await flights.close()
     await gate.aclose()
+
+
+async def test_a_leader_keeps_its_lock_while_it_works_and_lets_it_lapse_once_settled(
+    redis_url: str, key_prefix: str, redis_sync: Any
+) -> None:
+    """The heartbeat renews the lock every lock_ms/3: a leader working past lock_ms keeps
+    it (its followers keep waiting); once settled nothing renews it, and a leader that
+    died without releasing frees its followers within lock_ms."""
+    config = build_config(key_prefix, single_flight={"enabled": True, "lock_ms": 300, "wait_ms": 5000})
+    gate = RedisGate(connect(redis_url, config.redis), retry_after_ms=0)
+    flights = SingleFlight(gate, config)
+    leader = await flights.join("acme", "a" * 64, streaming=False)
+    assert leader.leader
+    await asyncio.sleep(0.9)  # three lock_ms: only renewals keep it
+    assert redis_sync.exists(leader.lock) == 1
+    await flights.settle(leader)  # as before a release; here the leader then dies
+    await asyncio.sleep(0.6)
+    assert redis_sync.exists(leader.lock) == 0
+    await flights.close()
+    await gate.aclose()
