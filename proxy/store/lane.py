@@ -9,12 +9,13 @@ about 30 us per GET at 32 concurrent requests. Only for a plain `redis://` or `u
 server; TLS, Sentinel and Cluster keep redis-py (`PipelinedConnection.for_url` is None).
 
 Bounds: each call is bounded by its own deadline (`timeout_s`: the `RedisGate`'s Redis
-timeout), one timer per call. A call cut off leaves its reply to be read and dropped. When a call is cut off after nothing at
-all came back for a whole timeout while replies are owed, the connection is watched for
-one more timeout: if still no reply has come by then, it is stalled and dropped, every
-owed call fails as a timeout (so the breaker counts them as such) and the next call
-connects again. (Not at once: on a starved event loop, uvloop runs due timers before it
-reads the socket, so replies already there would look missing.)
+timeout), one timer per call. A call cut off leaves its reply to be read and dropped.
+When a call is cut off after nothing at all came back for a whole timeout while replies
+are owed, the connection is watched for one more timeout: if still no reply has come by
+then, it is stalled and dropped, every owed call fails as a timeout (so the breaker
+counts them as such) and the next call connects again. (Not at once: on a starved event
+loop, uvloop runs due timers before it reads the socket, so replies already there would
+look missing.)
 """
 
 from __future__ import annotations
