@@ -22,7 +22,7 @@ def log_request(record: RequestRecord, request_id: str, path: str, status: int) 
     """One line per proxied request (INFO; off when the level is higher)."""
     if not access.isEnabledFor(logging.INFO):
         return
-    latency_ms = round((time.perf_counter() - record.started) * 1000, 2)
+    latency_ms = round(record.latency_ms(), 2)
     fields = {
         "request_id": request_id,
         "tenant": record.tenant,

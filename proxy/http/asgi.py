@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,7 +117,9 @@ class FastPath:
             try:
                 await _send_whole(send, reply.status, out, reply.body, reply.media_type)
             finally:
-                await _after_sending(reply)
+                if reply.then is not None:
+                    record.answered = time.perf_counter()
+                    await _after_sending(reply)
                 _finish(runtime, record, request_id, path, reply.status, trace, req)
             return
         try:

@@ -71,7 +71,7 @@ class StatsRecorder:
 
     def record(self, rec: RequestRecord, now: float | None = None) -> None:
         """Count one answered request. Values outside the vocabulary (schema) are not counted."""
-        latency_ms = (time.perf_counter() - rec.started) * 1000
+        latency_ms = rec.latency_ms()
         now = time.time() if now is None else now
         minute = int(now // 60)
         counts, tenant, model = self._counts, rec.tenant, rec.model

@@ -265,6 +265,13 @@ class RequestRecord:
     provider_cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
     prompt: str | None = None  # the request body, only with server.log_prompts (for the log line)
     started: float = dataclass_field(default_factory=time.perf_counter)
+    answered: float | None = None  # when the answer went out, if work followed it (`Reply.then`)
+
+    def latency_ms(self) -> float:
+        """From the request's start to its answer: work done after the answer was sent
+        (storing a miss's answer) is not the client's wait."""
+        end = time.perf_counter() if self.answered is None else self.answered
+        return (end - self.started) * 1000
 
 
 def classify(record: RequestRecord, exc: BaseException) -> None:

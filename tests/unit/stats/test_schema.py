@@ -184,3 +184,12 @@ def test_event_fields_are_strings_without_the_prompt() -> None:
     assert event_fields(RequestRecord(cache="BYPASS"), 0, 0)["event"] == "bypass"
     assert event_fields(RequestRecord(cache=CacheOutcome.COALESCED), 0, 0)["event"] == "coalesced"
     assert event_fields(RequestRecord(limited="requests"), 0, 0)["event"] == "limited"
+
+
+def test_latency_ends_when_the_answer_went_out() -> None:
+    """Work after the answer (storing a miss's answer) is not the client's wait."""
+    record = RequestRecord(started=100.0)
+    record.answered = 100.25
+    assert record.latency_ms() == 250.0  # however long ago that was
+    still_running = RequestRecord()
+    assert 0 <= still_running.latency_ms() < 1000
