@@ -35,7 +35,7 @@ _NO_CONTROLS = CacheControls(lookup=False, store=False, ttl=0)
 class Reply:
     """The answer's bytes (or a stream of them); its headers come from the ProxyRequest.
 
-    `then` is work that needs not hold the answer back (storing a miss's answer and
+    `then` is work the answer need not wait for (storing a miss's answer and
     releasing its flight): the HTTP layer runs it once the whole answer is sent, before
     the request is counted and logged; whoever else serves a `Reply` must call `finish`."""
 
