@@ -117,15 +117,13 @@ class FastPath:
             try:
                 await _send_whole(send, reply.status, out, reply.body, reply.media_type)
             finally:
-                if reply.then is not None:
-                    record.answered = time.perf_counter()
-                    await _after_sending(reply)
+                await _after_sending(reply, record)
                 _finish(runtime, record, request_id, path, reply.status, trace, req)
             return
         try:
             await _send_stream(send, receive, reply, reply.stream, out)
         finally:
-            await _after_sending(reply)
+            await _after_sending(reply, record)
             _finish(runtime, record, request_id, path, reply.status, trace, req)
 
     def _headers_fit(self, size: int) -> bool:
@@ -155,9 +153,13 @@ def _read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], int, 
     return wanted, size, authorizations
 
 
-async def _after_sending(reply: Reply) -> None:
-    """The reply's remaining work (`Reply.then`); the answer is out, so a failure here is
-    logged, never turned into a second response."""
+async def _after_sending(reply: Reply, record: RequestRecord) -> None:
+    """The reply's remaining work (`Reply.then`), if any: the request's latency ends here,
+    before it. The answer is out, so a failure is logged, never turned into a second
+    response."""
+    if reply.then is None:
+        return
+    record.answered = time.perf_counter()
     try:
         await reply.finish()
     except Exception:
